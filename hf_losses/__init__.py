@@ -1,0 +1,32 @@
+"""hf-losses: loss functions for Hugging Face training that stay exact under gradient accumulation,
+several processes and mixed precision."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hf_losses.registry import describe_loss, get_loss, list_losses, register_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LossTrainer",
+    "LossTrainingArguments",
+    "__version__",
+    "describe_loss",
+    "get_loss",
+    "list_losses",
+    "register_loss",
+]
+
+if TYPE_CHECKING:
+    from hf_losses.trainers import LossTrainer, LossTrainingArguments
+
+
+def __getattr__(name: str) -> Any:
+    # transformers is imported only when the trainer is asked for: the losses work in a plain PyTorch loop.
+    if name in ("LossTrainer", "LossTrainingArguments"):
+        from hf_losses import trainers
+
+        return getattr(trainers, name)
+    raise AttributeError(f"module 'hf_losses' has no attribute {name!r}")

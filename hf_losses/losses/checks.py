@@ -1,0 +1,63 @@
+"""Constructor-argument checks shared by the losses; every message names the loss, the parameter and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_number(owner: str, name: str, value: Any, *, minimum: float | None = 0.0, maximum: float | None = None,
+                 strict: bool = False) -> float:
+    """A real number in [minimum, maximum] (or (minimum, ...] when ``strict``); returns it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: `{name}` must be a number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{owner}: `{name}` must be a number, got NaN.")
+    low_bad = minimum is not None and (value <= minimum if strict else value < minimum)
+    high_bad = maximum is not None and value > maximum
+    if low_bad or high_bad:
+        low = "-inf" if minimum is None else f"{minimum:g}"
+        high = "inf" if maximum is None else f"{maximum:g}"
+        bracket = "(" if strict else "["
+        raise ValueError(f"{owner}: `{name}` must be in {bracket}{low}, {high}], got {value:g}.")
+    return value
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """One of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{owner}: `{name}` must be one of {list(allowed)}, got {value!r}.")
+    return value
+
+
+def as_vector(owner: str, name: str, value: Any, *, minimum: float | None = 0.0, strict: bool = False) -> Tensor:
+    """A 1-D float32 tensor from a list/tuple/tensor of numbers, each checked against ``minimum``."""
+    if isinstance(value, Tensor):
+        vector = value.detach().to(torch.float32)
+    elif isinstance(value, Sequence) and not isinstance(value, str) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        vector = torch.tensor([float(v) for v in value], dtype=torch.float32)
+    else:
+        raise TypeError(f"{owner}: `{name}` must be a list of numbers or a 1-D tensor, got {value!r}.")
+    if vector.dim() != 1 or vector.numel() == 0:
+        raise ValueError(f"{owner}: `{name}` must be a non-empty 1-D list of numbers, got shape {tuple(vector.shape)}.")
+    if not torch.isfinite(vector).all():
+        raise ValueError(f"{owner}: `{name}` must be finite, got {vector.tolist()}.")
+    if minimum is not None:
+        bad = vector <= minimum if strict else vector < minimum
+        if bad.any():
+            relation = ">" if strict else ">="
+            raise ValueError(f"{owner}: every entry of `{name}` must be {relation} {minimum:g}, got {vector.tolist()}.")
+    return vector
+
+
+def check_num_classes(owner: str, name: str, vector: Tensor | None, num_classes: int) -> None:
+    """A per-class vector's length must equal the number of classes C of the logits."""
+    if vector is not None and vector.numel() != num_classes:
+        raise ValueError(f"{owner}: `{name}` has {vector.numel()} entries but the logits have C={num_classes} "
+                         f"classes; give one value per class.")
