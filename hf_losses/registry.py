@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "hf_losses.losses.cost_sensitive",
     "hf_losses.losses.multilabel",
     "hf_losses.losses.segmentation",
+    "hf_losses.losses.regression",
     "hf_losses.losses.contrastive",
     "hf_losses.losses.ranking",
     "hf_losses.losses.language",
