@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test suite, offline: nothing is fetched from the Hugging Face Hub.
+# The test suite, offline: sets up .venv if needed, then runs pytest; nothing is fetched from the Hugging Face Hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate
+bash scripts/setup.sh
+. .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# DeepSpeed compiles a small op on first use (~50 s); keep the build inside the work folder so reruns reuse it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
 python -m pytest -q "$@"
