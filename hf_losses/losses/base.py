@@ -1,7 +1,7 @@
 """The loss contract shared by every hf-losses loss.
 
 A loss is an ``nn.Module`` holding validated parameters around a functional core. ``forward`` checks its
-inputs, upcasts to float32 outside autocast, asks the subclass for the *sum* of its per-item losses and
+inputs, upcasts half precision to float32 outside autocast (float64 stays float64), asks the subclass for the *sum* of its per-item losses and
 the local item count, and divides by ``num_items_in_batch`` (the global count of the whole accumulated,
 all-device batch) when given, else by the local count. That division rule is what makes gradients equal
 whether a batch is seen whole, in accumulation steps, or split across processes.
@@ -70,10 +70,12 @@ class Loss(nn.Module):
     # ---------------------------------------------------------------- contract
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
         self.check_inputs(logits, labels)
+        # "float32" means at least float32: half precision is upcast, float64 stays (gradcheck needs it).
+        dtype = compute_dtype(logits)
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            total, count = self.loss_sum(logits.float(), labels if self.label_kind == "index" else labels.float())
+            total, count = self.loss_sum(logits.to(dtype), labels if self.label_kind == "index" else labels.to(dtype))
             if not self.decomposable:
-                return total.float()
+                return total.to(compute_dtype(total))
             return reduce_by_items(total, count, num_items_in_batch, self.item_unit)
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
@@ -87,6 +89,11 @@ class Loss(nn.Module):
         return f"loss '{self.name or type(self).__name__}'"
 
 
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 stays float64; every other floating dtype (bf16, fp16, fp32) is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
 def select_num_items(num_items_in_batch: NumItems, item_unit: str) -> NumItems:
     """Pick this loss's count out of a per-unit mapping (composites mix units); pass a plain count through."""
     if isinstance(num_items_in_batch, Mapping):
@@ -96,14 +103,15 @@ def select_num_items(num_items_in_batch: NumItems, item_unit: str) -> NumItems:
 
 def reduce_by_items(total: Tensor, local_count: Tensor, num_items_in_batch: NumItems, item_unit: str) -> Tensor:
     """``total / num_items_in_batch`` when given (global count), else ``total / local_count``; 0 for no items."""
+    total = total.to(compute_dtype(total))
     denominator = select_num_items(num_items_in_batch, item_unit)
     if denominator is None:
         denominator = local_count
     if isinstance(denominator, Tensor):
-        denominator = denominator.to(device=total.device, dtype=torch.float32).clamp(min=1.0)
+        denominator = denominator.to(device=total.device, dtype=total.dtype).clamp(min=1.0)
     else:
         denominator = max(float(denominator), 1.0)
-    return total.float() / denominator
+    return total / denominator
 
 
 def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: str, ignore_index: int) -> None:
