@@ -1,10 +1,11 @@
 """The loss contract shared by every hf-losses loss.
 
 A loss is an ``nn.Module`` holding validated parameters around a functional core. ``forward`` checks its
-inputs, upcasts half precision to float32 outside autocast (float64 stays float64), asks the subclass for the *sum* of its per-item losses and
-the local item count, and divides by ``num_items_in_batch`` (the global count of the whole accumulated,
-all-device batch) when given, else by the local count. That division rule is what makes gradients equal
-whether a batch is seen whole, in accumulation steps, or split across processes.
+inputs, upcasts half precision to float32 outside autocast (float64 stays float64), asks the subclass for
+the *sum* of its per-item losses and the local item count, and divides by ``num_items_in_batch`` (the
+global count of the whole accumulated, all-device batch) when given, else by the local count. That
+division rule is what makes gradients equal whether a batch is seen whole, in accumulation steps, or
+split across processes.
 """
 
 from __future__ import annotations
