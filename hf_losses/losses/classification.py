@@ -7,19 +7,21 @@ Item unit: one non-ignored label entry. Logits ``(N, C)`` or ``(N, C, d1, ...)``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.losses.base import IGNORE_INDEX, Loss
-from hf_losses.losses.checks import as_vector, check_num_classes, check_number
+from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
 from hf_losses.registry import register_loss
 
 
 def per_item_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None = None,
                            label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Unreduced ``F.cross_entropy`` (0 at ignored entries) -- each entry is ``w[y_i] * ce_i``."""
+    weight = None if weight is None else weight.to(logits)
     return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index,
                            label_smoothing=label_smoothing, reduction="none")
 
@@ -50,3 +52,227 @@ class CrossEntropyLoss(Loss):
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         losses = per_item_cross_entropy(logits, labels, self.weight, self.label_smoothing, self.ignore_index)
         return losses.sum(), (labels != self.ignore_index).sum()
+
+
+# ------------------------------------------------------------------------------------------------ focal
+def class_indices(labels: Tensor, ignore_index: int) -> Tensor:
+    """Labels with ``ignore_index`` replaced by class 0, safe for indexing (those entries are masked anyway)."""
+    return labels.masked_fill(labels == ignore_index, 0)
+
+
+def per_item_focal(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
+                   ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Softmax focal loss per label entry, ``-alpha[y] * (1 - p_y)**gamma * log p_y`` (0 at ignored entries).
+
+    Lin et al. 2017, "Focal Loss for Dense Object Detection", eq. 5 with the softmax probability ``p_y`` of
+    the true class. ``alpha`` is a per-class vector (or None for no class weighting).
+    """
+    # F.cross_entropy is one fused log_softmax + gather; it is already 0 at ignored entries.
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    losses = ce
+    if gamma != 0:
+        # 1 - p_y = -expm1(log p_y), exact near p_y = 1; floored so that gamma < 1 keeps a finite gradient.
+        modulator = (-torch.expm1(-ce)).clamp(min=torch.finfo(ce.dtype).tiny)
+        losses = modulator.pow(gamma) * ce
+    if alpha is not None:
+        losses = alpha.to(losses)[class_indices(labels, ignore_index)] * losses
+    return losses
+
+
+def focal_alpha(owner: str, alpha: float | Sequence[float] | Tensor | None) -> Tensor | None:
+    """A scalar alpha in [0, 1] or a per-class list of non-negative weights (None: no class weighting)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        check_number(owner, "alpha", alpha, minimum=0.0, maximum=1.0)
+        return torch.tensor(float(alpha))
+    return as_vector(owner, "alpha", alpha)
+
+
+def expand_alpha(alpha: Tensor | None, num_classes: int) -> Tensor | None:
+    """A scalar alpha weighs class 0 (negative / background) by ``1 - alpha`` and every other class by ``alpha``."""
+    if alpha is None or alpha.dim() == 1:
+        return alpha
+    vector = alpha.repeat(num_classes)
+    vector[0] = 1.0 - alpha
+    return vector
+
+
+@register_loss("focal", aliases=("focal_loss", "softmax_focal"))
+class FocalLoss(Loss):
+    """Softmax focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017), for imbalanced classes.
+
+    ``gamma`` down-weights well-classified examples (0 gives cross-entropy). ``alpha`` is either a list with
+    one weight per class, or a scalar in [0, 1] which (as in the binary paper form and MONAI's softmax focal
+    loss) weighs class 0 by ``1 - alpha`` and every other class by ``alpha``; None disables class weighting.
+    Reduction: ``sum_i alpha[y_i] fl_i / N`` over non-ignored label entries (like weighted cross-entropy,
+    this is the alpha-weighted mean times ``sum_i alpha[y_i] / N``).
+    """
+
+    summary = "Softmax focal loss -alpha_y (1 - p_y)^gamma log p_y: focuses training on hard examples."
+    reference = "Lin et al. 2017, Focal Loss for Dense Object Detection (ICCV)"
+
+    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | Tensor | None = None,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        self.gamma = check_number(self._label(), "gamma", gamma, minimum=0.0)
+        self.register_buffer("alpha", focal_alpha(self._label(), alpha))
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        if self.alpha is not None and self.alpha.dim() == 1:
+            check_num_classes(self._label(), "alpha", self.alpha, logits.shape[1])
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        alpha = expand_alpha(self.alpha, logits.shape[1])
+        losses = per_item_focal(logits, labels, self.gamma, alpha, self.ignore_index)
+        return losses.sum(), (labels != self.ignore_index).sum()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma:g}, {super().extra_repr()}"
+
+
+# ------------------------------------------------------------------------------------------------ class-balanced
+def effective_number_weights(samples_per_class: Tensor, beta: float) -> Tensor:
+    """Cui et al. 2019: ``w_j = (1 - beta) / (1 - beta**n_j)``, normalised so that ``sum_j w_j = C``.
+
+    ``(1 - beta**n) / (1 - beta)`` is the effective number of samples of a class with ``n`` samples;
+    ``beta = 0`` gives equal weights, ``beta -> 1`` inverse class frequency.
+    """
+    samples = samples_per_class.to(torch.float64)
+    if beta == 0.0:
+        weights = torch.ones_like(samples)
+    else:
+        # 1 - beta**n computed as -expm1(n * log(beta)): exact for beta close to 1 (e.g. 0.9999)
+        weights = (1.0 - beta) / -torch.expm1(samples * torch.log(torch.tensor(beta, dtype=torch.float64)))
+    return (weights * samples.numel() / weights.sum()).to(torch.float32)
+
+
+@register_loss("class_balanced", aliases=("cb", "class_balanced_loss"))
+class ClassBalancedLoss(Loss):
+    """Class-balanced loss (Cui et al. 2019): CE or focal loss weighted by the inverse effective number of samples.
+
+    The weight of class ``j`` is ``(1 - beta) / (1 - beta**n_j)`` with ``n_j = samples_per_class[j]``,
+    normalised to sum to ``C``. ``base="ce"`` gives weighted cross-entropy, ``base="focal"`` the softmax
+    focal loss with these weights as per-class ``alpha`` and focusing parameter ``gamma``. Reduction:
+    ``sum_i w[y_i] l_i / N`` over non-ignored label entries (the weighted mean times ``sum_i w[y_i] / N``).
+    """
+
+    summary = "Class-balanced CE/focal: weights (1-beta)/(1-beta^n_j) from the effective number of samples."
+    reference = "Cui et al. 2019, Class-Balanced Loss Based on Effective Number of Samples (CVPR)"
+
+    def __init__(self, samples_per_class: Sequence[float] | Tensor, beta: float = 0.9999,
+                 base: Literal["ce", "focal"] = "ce", gamma: float = 2.0, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        owner = self._label()
+        samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
+        self.beta = check_number(owner, "beta", beta, minimum=0.0, maximum=1.0)
+        if self.beta == 1.0:
+            raise ValueError(f"{owner}: `beta` must be in [0, 1), got 1 (use beta close to 1, e.g. 0.9999, "
+                             f"for inverse-frequency weights).")
+        self.base = check_choice(owner, "base", base, ("ce", "focal"))
+        self.gamma = check_number(owner, "gamma", gamma, minimum=0.0)
+        self.register_buffer("samples_per_class", samples)
+        self.register_buffer("weight", effective_number_weights(samples, self.beta))
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        check_num_classes(self._label(), "samples_per_class", self.samples_per_class, logits.shape[1])
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self.base == "ce":
+            losses = per_item_cross_entropy(logits, labels, self.weight, 0.0, self.ignore_index)
+        else:
+            losses = per_item_focal(logits, labels, self.gamma, self.weight, self.ignore_index)
+        return losses.sum(), (labels != self.ignore_index).sum()
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}, base={self.base!r}, gamma={self.gamma:g}, {super().extra_repr()}"
+
+
+# ------------------------------------------------------------------------------------------------ LDAM
+def ldam_margins(samples_per_class: Tensor, max_margin: float) -> Tensor:
+    """Cao et al. 2019, eq. 12: ``Delta_j = K / n_j**(1/4)`` with ``K`` chosen so that ``max_j Delta_j = max_margin``."""
+    margins = samples_per_class.to(torch.float64).pow(-0.25)
+    return (margins * (max_margin / margins.max())).to(torch.float32)
+
+
+def per_item_ldam(logits: Tensor, labels: Tensor, margins: Tensor, scale: float, weight: Tensor | None = None,
+                  ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """LDAM per label entry: cross-entropy of ``scale * (z - Delta_y e_y)`` (0 at ignored entries)."""
+    index = class_indices(labels, ignore_index).unsqueeze(1)
+    shift = margins.to(logits)[index]
+    # subtract the true class's margin from its own logit only (out of place: autograd keeps `logits`)
+    shifted = logits.scatter_add(1, index, -shift)
+    return F.cross_entropy(shifted * scale, labels, weight=weight, ignore_index=ignore_index, reduction="none")
+
+
+@register_loss("ldam", aliases=("ldam_loss",))
+class LDAMLoss(Loss):
+    """Label-distribution-aware margin loss (Cao et al. 2019): CE with a larger margin for rarer classes.
+
+    The true-class logit is lowered by ``Delta_y = K / n_y^(1/4)`` (``n_y = samples_per_class[y]``, ``K`` set
+    so the largest margin equals ``max_margin``), then cross-entropy is taken of ``scale *`` logits. The paper
+    feeds cosine logits (normalised features and weights, in [-1, 1]) with ``scale=30``; for raw logits use
+    ``scale=1`` and a margin on their scale. ``weight`` gives the per-class re-weighting of LDAM-DRW.
+    Reduction: ``sum_i w[y_i] l_i / N`` over non-ignored label entries.
+    """
+
+    summary = "LDAM: CE with per-class margins C/n_j^(1/4), larger for rare classes (optional DRW weights)."
+    reference = "Cao et al. 2019, Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (NeurIPS)"
+
+    def __init__(self, samples_per_class: Sequence[float] | Tensor, max_margin: float = 0.5, scale: float = 30.0,
+                 weight: Sequence[float] | Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        owner = self._label()
+        samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
+        self.max_margin = check_number(owner, "max_margin", max_margin, minimum=0.0)
+        self.scale = check_number(owner, "scale", scale, minimum=0.0, strict=True)
+        self.register_buffer("samples_per_class", samples)
+        self.register_buffer("margins", ldam_margins(samples, self.max_margin))
+        self.register_buffer("weight", None if weight is None else as_vector(owner, "weight", weight))
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        check_num_classes(self._label(), "samples_per_class", self.samples_per_class, logits.shape[1])
+        check_num_classes(self._label(), "weight", self.weight, logits.shape[1])
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        weight = None if self.weight is None else self.weight.to(logits)
+        losses = per_item_ldam(logits, labels, self.margins, self.scale, weight, self.ignore_index)
+        return losses.sum(), (labels != self.ignore_index).sum()
+
+    def extra_repr(self) -> str:
+        return f"max_margin={self.max_margin:g}, scale={self.scale:g}, {super().extra_repr()}"
+
+
+# ------------------------------------------------------------------------------------------------ Poly-1
+def per_item_poly1(logits: Tensor, labels: Tensor, epsilon: float = 1.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Poly-1 per label entry, ``-log p_y + epsilon * (1 - p_y)`` (0 at ignored entries)."""
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    # 1 - p_y = -expm1(-ce); it is 0 at ignored entries, where ce = 0
+    return ce + epsilon * -torch.expm1(-ce)
+
+
+@register_loss("poly1", aliases=("poly1_cross_entropy", "poly_loss"))
+class Poly1Loss(Loss):
+    """Poly-1 loss (Leng et al. 2022): cross-entropy plus ``epsilon * (1 - p_y)``, the first polynomial term.
+
+    ``epsilon > 0`` emphasises the leading gradient term (the paper's best on ImageNet is 2; its general
+    default 1); ``epsilon = -1`` removes it; 0 is plain cross-entropy. Values below -1 make the loss
+    non-monotone in ``p_y`` and are refused.
+    """
+
+    summary = "Poly-1: cross-entropy + epsilon * (1 - p_y) (polynomial expansion of CE)."
+    reference = "Leng et al. 2022, PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions (ICLR)"
+
+    def __init__(self, epsilon: float = 1.0, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        self.epsilon = check_number(self._label(), "epsilon", epsilon, minimum=-1.0)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        losses = per_item_poly1(logits, labels, self.epsilon, self.ignore_index)
+        return losses.sum(), (labels != self.ignore_index).sum()
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon:g}, {super().extra_repr()}"
