@@ -1,0 +1,234 @@
+"""Recommendation objectives for next-item / scoring models: relevance traded against diversity and popularity.
+
+Logits are scores over a catalogue, ``(N, V)`` (``V`` items); labels are the true item index per row, ``(N,)``,
+``ignore_index`` for rows that do not count (padding positions of a sequence model). Item unit: one labelled row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hf_losses.losses.base import IGNORE_INDEX, Loss, NumItems, compute_dtype, reduce_by_items, select_num_items
+from hf_losses.losses.checks import as_vector, check_choice, check_number
+from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
+from hf_losses.registry import register_loss
+
+COMPONENTS = ("relevance", "diversity", "popularity")
+
+
+# ---------------------------------------------------------------------------------------------- functional core
+def sampled_softmax_cross_entropy(logits: Tensor, labels: Tensor, negatives: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row ``-log softmax(o)_0`` over the candidates ``[y, n_1..n_M]`` with ``o_j = z_j - log Q_j``.
+
+    ``negatives`` (M,) are shared by all rows (sampled from ``Q``); a negative equal to the row's true item (an
+    "accidental hit") is masked out. logQ correction: Bengio and Senecal 2008, Jean et al. 2015, Yi et al. 2019.
+    """
+    candidates = torch.cat([labels[:, None], negatives[None, :].expand(labels.shape[0], -1)], dim=1)
+    corrected = logits.gather(1, candidates) - log_q.to(logits.dtype)[candidates]
+    accidental_hit = torch.zeros_like(candidates, dtype=torch.bool)
+    accidental_hit[:, 1:] = candidates[:, 1:] == labels[:, None]
+    corrected = corrected.masked_fill(accidental_hit, float("-inf"))
+    return -torch.log_softmax(corrected, dim=1)[:, 0]
+
+
+def top_k_mass(logits: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """Indices of the ``top_k`` highest scores per row and the softmax mass renormalised over them.
+
+    ``q = softmax(z_topk)`` is the model's probability restricted to its own top-k list (equal to
+    ``p_topk / sum(p_topk)``); the selection is piecewise constant, the mass is differentiable.
+    """
+    values, indices = torch.topk(logits, top_k, dim=1)
+    return indices, torch.softmax(values, dim=1)
+
+
+def diversity_penalty(mass: Tensor, indices: Tensor, item_embeddings: Tensor) -> Tensor:
+    """Per-row ``sum_a sum_b q_a q_b cos(e_a, e_b) = ||sum_a q_a e_a / ||e_a||| |^2`` over the top-k items.
+
+    The expected cosine similarity of two independent draws from the top-k mass, i.e. 1 minus Rao's quadratic
+    entropy with distance ``1 - cos`` (Rao 1982); in [0, 1], smallest when the mass spreads over dissimilar items.
+    """
+    unit = F.normalize(item_embeddings[indices].to(mass.dtype), dim=-1)
+    mean_embedding = (mass.unsqueeze(-1) * unit).sum(dim=1)
+    return (mean_embedding * mean_embedding).sum(dim=-1)
+
+
+def popularity_penalty(mass: Tensor, indices: Tensor, popularity: Tensor) -> Tensor:
+    """Per-row ``sum_a q_a * pi_a``: the expected normalised popularity (count / max count) of the top-k mass."""
+    return (mass * popularity.to(mass.dtype)[indices]).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- module
+@register_loss("relevance_diversity", aliases=("recommendation",))
+class RelevanceDiversityLoss(Loss):
+    r"""Relevance (softmax CE on the true item) traded against diversity and popularity of the top-k mass.
+
+    For a row with scores ``z`` over ``V`` items and true item ``y``:
+
+    * relevance ``R = -log softmax(z)_y``; with ``sampled_negatives = M > 0``, the sampled softmax over
+      ``[y, n_1..n_M]`` (``n_m ~ Q``, shared by the batch, accidental hits masked) with logQ-corrected scores
+      ``z_j - log Q_j`` -- ``Q`` uniform, or ``Q_j ∝ count_j + 1`` for ``negative_sampling="popularity"``;
+    * ``T`` = the ``top_k`` highest-scoring items, ``q = softmax(z_T)`` the mass on them;
+    * diversity ``D = sum_{a,b in T} q_a q_b cos(e_a, e_b) = ||sum_a q_a e_a/||e_a|| ||^2`` with item embeddings
+      ``e`` (fixed: the gradient reaches the scores, not the embeddings);
+    * popularity ``P = sum_{a in T} q_a * count_a / max(count)``;
+    * loss ``= w_R R + w_D D + w_P P`` averaged over labelled rows, with the weights fixed, scheduled
+      (``schedules={"diversity": {...}}``) or learned (``weighting="uncertainty"`` / ``"dwa"``), see
+      :mod:`hf_losses.losses.weighting`.
+
+    With ``diversity_weight=0`` and ``popularity_weight=0`` (fixed weighting) only ``R`` is computed and the loss
+    equals ``F.cross_entropy`` exactly. Item embeddings are given at construction (``item_embeddings``, a
+    ``(V, D)`` tensor or nested list, e.g. genre vectors) or later with :meth:`set_item_embeddings` -- passing the
+    model's output embedding matrix keeps a live view of it (no copy, no gradient). Item counts (training-set
+    interactions per item) go in ``item_popularity`` or :meth:`set_item_popularity`.
+    """
+
+    summary = "Next-item softmax CE (optionally sampled, logQ-corrected) + top-k diversity and popularity penalties."
+    reference = ("Rao 1982 (quadratic entropy); Yi et al. 2019 (logQ correction); Kendall et al. 2018; "
+                 "Liu et al. 2019 (DWA)")
+
+    def __init__(self, diversity_weight: float = 0.1, popularity_weight: float = 0.0, relevance_weight: float = 1.0,
+                 top_k: int = 10, item_embeddings: Sequence[Sequence[float]] | Tensor | None = None,
+                 item_popularity: Sequence[float] | Tensor | None = None, sampled_negatives: int = 0,
+                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
+                 schedules: Mapping[str, Any] | None = None, weighting: Weighting = "fixed",
+                 temperature: float = 2.0, dwa_period_steps: int = 100, initial_log_variance: float = 0.0,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        owner = self._label()
+        weights = {"relevance": check_number(owner, "relevance_weight", relevance_weight),
+                   "diversity": check_number(owner, "diversity_weight", diversity_weight),
+                   "popularity": check_number(owner, "popularity_weight", popularity_weight)}
+        self.top_k = _check_positive_int(owner, "top_k", top_k, minimum=1)
+        self.sampled_negatives = _check_positive_int(owner, "sampled_negatives", sampled_negatives, minimum=0)
+        self.negative_sampling = check_choice(owner, "negative_sampling", negative_sampling, ("uniform", "popularity"))
+        self.weighting = ComponentWeighting(owner, COMPONENTS, weights, schedules, weighting, temperature,
+                                            dwa_period_steps, initial_log_variance)
+        # configuration, not state: kept out of state_dict so a resumed loss built from loss_kwargs loads cleanly
+        self.register_buffer("item_embeddings", None, persistent=False)
+        self.register_buffer("item_popularity", None, persistent=False)
+        if item_embeddings is not None:
+            self.set_item_embeddings(item_embeddings)
+        if item_popularity is not None:
+            self.set_item_popularity(item_popularity)
+        self.last_components: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------ configuration
+    def set_item_embeddings(self, embeddings: Sequence[Sequence[float]] | Tensor) -> None:
+        """Item embeddings ``(V, D)`` for the diversity term; a tensor is kept as a detached view (no copy)."""
+        owner = self._label()
+        if isinstance(embeddings, Tensor):
+            embeddings = embeddings.detach()
+            if not embeddings.is_floating_point():
+                embeddings = embeddings.float()
+        else:
+            try:
+                embeddings = torch.tensor(embeddings, dtype=torch.float32)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{owner}: `item_embeddings` must be a (V, D) tensor or nested list of numbers; "
+                                f"{error}") from None
+        if embeddings.dim() != 2 or embeddings.numel() == 0:
+            raise ValueError(f"{owner}: `item_embeddings` must be 2-D (V items, D dims), got shape "
+                             f"{tuple(embeddings.shape)}.")
+        self.item_embeddings = embeddings
+
+    def set_item_popularity(self, counts: Sequence[float] | Tensor) -> None:
+        """Interaction count per item ``(V,)`` (>= 0), for the popularity penalty and popularity sampling."""
+        counts = as_vector(self._label(), "item_popularity", counts, minimum=0.0)
+        if counts.max() <= 0:
+            raise ValueError(f"{self._label()}: `item_popularity` needs at least one positive count.")
+        self.item_popularity = counts
+
+    # ------------------------------------------------------------------------------------------ weights/state
+    def set_step(self, step: int) -> None:
+        """Optimizer step driving schedules and DWA (LossTrainer calls this before every forward)."""
+        self.weighting.set_step(step)
+
+    def component_weights(self) -> dict[str, float]:
+        """Current effective weight of each active component (logged as ``loss_weight/<name>``)."""
+        weights = self.weighting.effective_weights()
+        return {name: weight for name, weight in weights.items() if self.weighting.is_active(name)}
+
+    # ------------------------------------------------------------------------------------------ contract
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        owner = self._label()
+        if logits.dim() != 2:
+            raise ValueError(f"{owner}: `logits` must be (N, num_items) scores, got shape {tuple(logits.shape)}; "
+                             f"flatten sequence positions first.")
+        num_items = logits.shape[1]
+        if self.top_k > num_items:
+            raise ValueError(f"{owner}: `top_k`={self.top_k} exceeds the catalogue size {num_items}.")
+        if self.sampled_negatives and self.sampled_negatives >= num_items:
+            raise ValueError(f"{owner}: `sampled_negatives`={self.sampled_negatives} must be below the catalogue "
+                             f"size {num_items}.")
+        for name, table, needed in (
+            ("item_embeddings", self.item_embeddings, self.weighting.is_active("diversity")),
+            ("item_popularity", self.item_popularity, self.weighting.is_active("popularity")
+             or (self.sampled_negatives > 0 and self.negative_sampling == "popularity")),
+        ):
+            if needed and table is None:
+                setter = "set_" + name
+                raise ValueError(f"{owner}: this configuration needs `{name}`; pass {name}=... at construction "
+                                 f"or call loss.{setter}(...).")
+            if needed and table.shape[0] != num_items:
+                raise ValueError(f"{owner}: `{name}` has {table.shape[0]} rows but the logits score "
+                                 f"{num_items} items.")
+
+    def component_sums(self, logits: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Sum over labelled rows of each active component, and the number of labelled rows."""
+        valid = labels != self.ignore_index
+        logits, labels = logits[valid], labels[valid]
+        count = valid.sum()
+        sums: dict[str, Tensor] = {}
+        if self.weighting.is_active("relevance"):
+            if self.sampled_negatives:
+                log_q = self._log_sampling_probabilities(logits.shape[1], logits.device)
+                negatives = torch.multinomial(log_q.exp(), self.sampled_negatives, replacement=True)
+                relevance = sampled_softmax_cross_entropy(logits, labels, negatives, log_q)
+            else:
+                relevance = F.cross_entropy(logits, labels, reduction="none")
+            sums["relevance"] = relevance.sum()
+        if self.weighting.is_active("diversity") or self.weighting.is_active("popularity"):
+            indices, mass = top_k_mass(logits, self.top_k)
+            if self.weighting.is_active("diversity"):
+                embeddings = self.item_embeddings.to(logits.device)
+                sums["diversity"] = diversity_penalty(mass, indices, embeddings).sum()
+            if self.weighting.is_active("popularity"):
+                popularity = self.item_popularity.to(logits.device)
+                sums["popularity"] = popularity_penalty(mass, indices, popularity / popularity.max()).sum()
+        return sums, count
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        sums, count = self.component_sums(logits, labels)
+        return self.weighting.combine(sums, {name: count for name in sums}), count
+
+    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        self.check_inputs(logits, labels)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            sums, count = self.component_sums(logits.to(compute_dtype(logits)), labels)
+            values = {name: reduce_by_items(total, count, num_items_in_batch, self.item_unit)
+                      for name, total in sums.items()}
+            fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit))
+            self.last_components = {name: (total / count.clamp(min=1)).detach() for name, total in sums.items()}
+            return self.weighting.combine(values, {name: fraction for name in values})
+
+    def extra_repr(self) -> str:
+        weights = ", ".join(f"{n}_weight={w:g}" for n, w in self.weighting.static_weights.items())
+        return f"{weights}, top_k={self.top_k}, sampled_negatives={self.sampled_negatives}, {super().extra_repr()}"
+
+    def _log_sampling_probabilities(self, num_items: int, device: torch.device) -> Tensor:
+        if self.negative_sampling == "popularity":
+            counts = self.item_popularity.to(device=device, dtype=torch.float32) + 1.0
+            return torch.log(counts / counts.sum())
+        return torch.full((num_items,), -torch.log(torch.tensor(float(num_items))).item(), device=device)
+
+
+def _check_positive_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: `{name}` must be an int >= {minimum}, got {value!r}.")
+    return value
