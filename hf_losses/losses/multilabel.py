@@ -1,0 +1,184 @@
+"""Multi-label (and binary) losses on independent sigmoid outputs: BCE, RetinaNet sigmoid focal, ASL.
+
+Logits ``(N, C)`` or ``(N, C, d1, ...)`` and float targets of the same shape with values in [0, 1] (soft
+targets allowed); a target equal to ``ignore_index`` (-100.0) marks an entry to skip. Item unit: one
+non-ignored label entry, so each loss is the mean over non-ignored entries, as
+``F.binary_cross_entropy_with_logits(reduction="mean")`` is over all entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hf_losses.losses.base import IGNORE_INDEX, Loss
+from hf_losses.losses.checks import as_vector, check_num_classes, check_number
+from hf_losses.registry import register_loss
+
+
+def check_binary_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
+    """Targets must lie in [0, 1] (soft labels allowed) or equal ``ignore_index``."""
+    if labels.numel() == 0:
+        return
+    low, high = labels.aminmax()
+    if low >= 0 and high <= 1:  # one pass in the common case
+        return
+    bad = ((labels < 0) | (labels > 1) | labels.isnan()) & (labels != ignore_index)
+    if bad.any():
+        raise ValueError(f"{owner}: `labels` must be targets in [0, 1] or ignore_index={ignore_index}; "
+                         f"found {labels[bad][0].item():g}.")
+
+
+class MultiLabelLoss(Loss):
+    """Shared parts: float targets shaped like the logits, range check, ignored entries zeroed."""
+
+    label_kind = "binary"
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        check_binary_targets(self._label(), labels, self.ignore_index)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        valid = labels != self.ignore_index
+        # ignored entries get target 0 so every formula stays finite there; their loss is then dropped
+        targets = labels.masked_fill(~valid, 0.0)
+        losses = self.per_entry(logits, targets)
+        return torch.where(valid, losses, 0.0).sum(), valid.sum()
+
+    def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Unreduced loss of every entry; ``targets`` in [0, 1]."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------ BCE
+def class_shaped(vector: Tensor, logits: Tensor) -> Tensor:
+    """``(C,)`` -> ``(C, 1, ..., 1)`` so it broadcasts along the class dimension 1 of ``(N, C, d1, ...)``."""
+    return vector.to(logits).reshape((-1,) + (1,) * max(logits.dim() - 2, 0))
+
+
+@register_loss("bce", aliases=("binary_cross_entropy", "bce_with_logits"))
+class BCELoss(MultiLabelLoss):
+    """Binary cross-entropy on logits with optional ``pos_weight``, averaged over non-ignored label entries.
+
+    Equals ``F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)`` (mean) when no
+    entry is ignored. ``pos_weight`` multiplies the positive term: a scalar, or one value per class along
+    dimension 1 (for ``(N, C, H, W)`` logits too, as PyTorch's docs advise with a ``(C, 1, 1)`` shape);
+    ``n_negative / n_positive`` per class balances rare labels.
+    """
+
+    summary = "Binary cross-entropy with logits, optional per-class pos_weight (multi-label / binary)."
+    reference = "PyTorch F.binary_cross_entropy_with_logits"
+
+    def __init__(self, pos_weight: float | Sequence[float] | Tensor | None = None,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
+            pos_weight = [check_number(self._label(), "pos_weight", pos_weight, minimum=0.0)]
+            self.per_class = False
+        else:
+            self.per_class = pos_weight is not None
+        self.register_buffer("pos_weight", None if pos_weight is None else
+                             as_vector(self._label(), "pos_weight", pos_weight))
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        super().check_inputs(logits, labels)
+        if self.per_class:
+            check_num_classes(self._label(), "pos_weight", self.pos_weight, logits.shape[1] if logits.dim() > 1 else 1)
+
+    def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
+        pos_weight = None if self.pos_weight is None else class_shaped(self.pos_weight, logits)
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+
+
+# ------------------------------------------------------------------------------------------------ sigmoid focal
+def per_entry_sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float | None = 0.25,
+                            gamma: float = 2.0) -> Tensor:
+    """RetinaNet focal loss of each entry, ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al. 2017, eq. 5).
+
+    The same formula as ``torchvision.ops.sigmoid_focal_loss`` with ``p_t = p t + (1 - p)(1 - t)`` and
+    ``alpha_t = alpha t + (1 - alpha)(1 - t)``; ``alpha=None`` disables the class balance.
+    """
+    probs = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    # 1 - p_t = p (1 - t) + (1 - p) t = p + t - 2 p t
+    one_minus_p_t = probs + targets - 2.0 * probs * targets
+    losses = ce if gamma == 0 else ce * one_minus_p_t.clamp(min=torch.finfo(ce.dtype).tiny).pow(gamma)
+    if alpha is not None:
+        losses = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * losses
+    return losses
+
+
+@register_loss("sigmoid_focal", aliases=("sigmoid_focal_loss", "retinanet_focal"))
+class SigmoidFocalLoss(MultiLabelLoss):
+    """Sigmoid focal loss (RetinaNet): ``-alpha_t (1 - p_t)^gamma log p_t`` per entry, mean over label entries.
+
+    Equals ``torchvision.ops.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction="mean")`` when no
+    entry is ignored. ``alpha`` in [0, 1] weighs positives (``1 - alpha`` the negatives); None disables it.
+    """
+
+    summary = "Sigmoid (RetinaNet) focal loss -alpha_t (1-p_t)^gamma log p_t per label entry."
+    reference = "Lin et al. 2017, Focal Loss for Dense Object Detection (ICCV); torchvision.ops.sigmoid_focal_loss"
+
+    def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        self.alpha = None if alpha is None else check_number(self._label(), "alpha", alpha, minimum=0.0, maximum=1.0)
+        self.gamma = check_number(self._label(), "gamma", gamma, minimum=0.0)
+
+    def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return per_entry_sigmoid_focal(logits, targets, self.alpha, self.gamma)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma:g}, {super().extra_repr()}"
+
+
+# ------------------------------------------------------------------------------------------------ ASL
+def per_entry_asymmetric(logits: Tensor, targets: Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                         clip: float = 0.05, eps: float = 1e-8) -> Tensor:
+    """Asymmetric loss of each entry (Ridnik et al. 2021, eq. 7), as in the authors' ``AsymmetricLoss``.
+
+    Positives: ``-(1 - p)^gamma_pos log p``; negatives: ``-p_m^gamma_neg log(1 - p_m)`` with the shifted
+    probability ``p_m = max(p - clip, 0)`` that discards very easy negatives.
+    """
+    probs = torch.sigmoid(logits)
+    probs_neg = 1.0 - probs
+    if clip > 0:
+        probs_neg = (probs_neg + clip).clamp(max=1.0)
+    losses = targets * torch.log(probs.clamp(min=eps)) + (1.0 - targets) * torch.log(probs_neg.clamp(min=eps))
+    if gamma_pos > 0 or gamma_neg > 0:
+        p_t = probs * targets + probs_neg * (1.0 - targets)
+        exponent = gamma_pos * targets + gamma_neg * (1.0 - targets)
+        losses = losses * (1.0 - p_t).clamp(min=torch.finfo(losses.dtype).tiny).pow(exponent)
+    return -losses
+
+
+@register_loss("asl", aliases=("asymmetric_loss", "asymmetric"))
+class AsymmetricLoss(MultiLabelLoss):
+    """Asymmetric loss for multi-label classification (Ridnik et al. 2021): focusing and clipping of negatives.
+
+    ``gamma_neg > gamma_pos`` down-weights the many easy negatives; ``clip`` shifts the negative probability
+    (``p_m = max(p - clip, 0)``) so negatives with ``p < clip`` are discarded. Defaults are the paper's
+    (gamma_pos=0, gamma_neg=4, clip=0.05). The authors' code returns the *sum* over entries; this loss is
+    that sum divided by the number of non-ignored entries.
+    """
+
+    summary = "Asymmetric loss (ASL): separate focusing gamma_pos/gamma_neg and probability clip for negatives."
+    reference = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification (ICCV)"
+
+    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
+        owner = self._label()
+        self.gamma_pos = check_number(owner, "gamma_pos", gamma_pos, minimum=0.0)
+        self.gamma_neg = check_number(owner, "gamma_neg", gamma_neg, minimum=0.0)
+        self.clip = check_number(owner, "clip", clip, minimum=0.0, maximum=1.0)
+        self.eps = check_number(owner, "eps", eps, minimum=0.0, maximum=1.0, strict=True)
+
+    def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return per_entry_asymmetric(logits, targets, self.gamma_pos, self.gamma_neg, self.clip, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"gamma_pos={self.gamma_pos:g}, gamma_neg={self.gamma_neg:g}, clip={self.clip:g}, eps={self.eps:g}, "
+                f"{super().extra_repr()}")
