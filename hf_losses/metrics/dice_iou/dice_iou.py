@@ -25,7 +25,7 @@ _MASK_1D = datasets.Sequence(datasets.Value("int64"))
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class DiceIoU(evaluate.Metric):
+class DiceIou(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
