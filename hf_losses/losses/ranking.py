@@ -182,17 +182,16 @@ class RelevanceDiversityLoss(Loss):
     def component_sums(self, logits: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Sum over labelled rows of each active component, and the number of labelled rows."""
         valid = labels != self.ignore_index
-        logits, labels = logits[valid], labels[valid]
         count = valid.sum()
         sums: dict[str, Tensor] = {}
-        if self.weighting.is_active("relevance"):
-            if self.sampled_negatives:
-                log_q = self._log_sampling_probabilities(logits.shape[1], logits.device)
-                negatives = torch.multinomial(log_q.exp(), self.sampled_negatives, replacement=True)
-                relevance = sampled_softmax_cross_entropy(logits, labels, negatives, log_q)
-            else:
-                relevance = F.cross_entropy(logits, labels, reduction="none")
-            sums["relevance"] = relevance.sum()
+        if self.weighting.is_active("relevance") and not self.sampled_negatives:
+            # on the full batch with ignore_index: bit-for-bit F.cross_entropy's mean after the division by count
+            sums["relevance"] = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+        logits, labels = logits[valid], labels[valid]
+        if self.weighting.is_active("relevance") and self.sampled_negatives:
+            log_q = self._log_sampling_probabilities(logits.shape[1], logits.device)
+            negatives = torch.multinomial(log_q.exp(), self.sampled_negatives, replacement=True)
+            sums["relevance"] = sampled_softmax_cross_entropy(logits, labels, negatives, log_q).sum()
         if self.weighting.is_active("diversity") or self.weighting.is_active("popularity"):
             indices, mass = top_k_mass(logits, self.top_k)
             if self.weighting.is_active("diversity"):
