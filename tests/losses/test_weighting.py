@@ -1,0 +1,174 @@
+"""Weight schedules, uncertainty weighting and DWA: documented values at given steps, state round trips,
+learned weights moving the right way, and the composite loss built on them."""
+
+import math
+
+import pytest
+import torch
+
+from hf_losses.losses.weighting import ComponentWeighting, WeightSchedule, dwa_lambdas
+
+OWNER = "loss 'test'"
+
+
+def _linear(start_value, end_value, start_step, end_step, kind="linear"):
+    return {"schedule": kind, "start_value": start_value, "end_value": end_value, "start_step": start_step,
+            "end_step": end_step}
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("config,step,expected", [
+    (0.3, 0, 0.3),
+    (0.3, 10_000, 0.3),
+    ({"schedule": "constant", "value": 0.7}, 5, 0.7),
+    (_linear(0.0, 0.5, 0, 1000), 0, 0.0),
+    (_linear(0.0, 0.5, 0, 1000), 250, 0.125),
+    (_linear(0.0, 0.5, 0, 1000), 1000, 0.5),
+    (_linear(0.0, 0.5, 0, 1000), 5000, 0.5),
+    (_linear(1.0, 0.0, 100, 200), 50, 1.0),  # before the ramp: start value
+    (_linear(1.0, 0.0, 100, 200), 150, 0.5),
+    (_linear(1.0, 0.0, 100, 200), 175, 0.25),
+    (_linear(0.0, 1.0, 0, 100, "cosine"), 0, 0.0),
+    (_linear(0.0, 1.0, 0, 100, "cosine"), 25, (1 - math.cos(math.pi / 4)) / 2),
+    (_linear(0.0, 1.0, 0, 100, "cosine"), 50, 0.5),
+    (_linear(0.0, 1.0, 0, 100, "cosine"), 100, 1.0),
+    (_linear(2.0, 1.0, 10, 20, "cosine"), 15, 1.5),
+    (_linear(2.0, 1.0, 10, 20, "cosine"), 12, 2.0 - (1 - math.cos(math.pi * 0.2)) / 2),
+])
+def test_schedule_gives_documented_weight_at_step(config, step, expected):
+    assert WeightSchedule.from_config(OWNER, "dice", config).value(step) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("config,error,match", [
+    ("linear", TypeError, r"`schedules\['dice'\]` must be a number or a dict"),
+    ({"schedule": "exponential"}, ValueError, r"`schedules\['dice'\]\['schedule'\]` must be one of "
+                                               r"\['constant', 'linear', 'cosine'\], got 'exponential'"),
+    ({"schedule": "linear", "start_value": 0.0, "end_value": 1.0}, ValueError, r"missing \['start_step', 'end_step'\]"),
+    (_linear(0.0, 1.0, 10, 10), ValueError, "needs end_step > start_step, got start_step=10, end_step=10"),
+    (_linear(0.0, 1.0, -1, 10), ValueError, r"`schedules\['dice'\]\['start_step'\]` must be an int >= 0, got -1"),
+    (_linear(0.0, 1.0, 0, 10.5), ValueError, r"\['end_step'\]` must be an int >= 0, got 10.5"),
+    (_linear(-1.0, 1.0, 0, 10), ValueError, r"\['start_value'\]` must be in \[0, inf\], got -1"),
+    ({**_linear(0.0, 1.0, 0, 10), "warmup": 3}, ValueError, r"unknown keys \['warmup'\]"),
+    ({"schedule": "constant", "value": 1.0, "end_value": 2.0}, ValueError, r"unknown keys \['end_value'\]"),
+])
+def test_invalid_schedule_raises_naming_the_key(config, error, match):
+    with pytest.raises(error, match=match):
+        WeightSchedule.from_config(OWNER, "dice", config)
+
+
+def test_schedule_multiplies_the_static_weight_and_state_resumes_mid_schedule():
+    weighting = ComponentWeighting(OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5},
+                                   schedules={"dice": _linear(0.0, 1.0, 0, 1000)})
+    weighting.set_step(400)
+    assert weighting.effective_weights() == pytest.approx({"ce": 1.0, "dice": 0.2})
+    resumed = ComponentWeighting(OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5},
+                                 schedules={"dice": _linear(0.0, 1.0, 0, 1000)})
+    resumed.load_state_dict(weighting.state_dict())
+    assert int(resumed.step) == 400 and resumed.effective_weights() == weighting.effective_weights()
+    for step in (401, 700, 1200):
+        weighting.set_step(step)
+        resumed.set_step(step)
+        assert resumed.effective_weights() == weighting.effective_weights()
+    assert resumed.effective_weights()["dice"] == 0.5
+
+
+def test_fixed_combine_is_the_weighted_sum():
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 0.25, "b": 2.0})
+    values = {"a": torch.tensor(4.0), "b": torch.tensor(3.0)}
+    assert weighting.combine(values, {"a": 1.0, "b": 1.0}).item() == pytest.approx(0.25 * 4 + 2 * 3)
+
+
+def test_uncertainty_combine_is_kendall_formula_and_regulariser_scales_with_item_fraction():
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 0.5}, weighting="uncertainty")
+    with torch.no_grad():
+        weighting.log_variances.copy_(torch.tensor([0.5, -1.0]))
+    values = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    total = weighting.combine(values, {"a": 0.25, "b": 1.0})
+    expected = (math.exp(-0.5) * 2 + 0.25 * 0.5) + 0.5 * (math.exp(1.0) * 3 - 1.0)
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert weighting.effective_weights() == pytest.approx({"a": math.exp(-0.5), "b": 0.5 * math.exp(1.0)})
+
+
+# ---------------------------------------------------------------------------------------------- dwa
+def test_dwa_lambdas_follow_liu_et_al_equation():
+    last, previous = torch.tensor([0.5, 0.9], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    expected_first = 2 * math.exp(0.5 / 2) / (math.exp(0.5 / 2) + math.exp(0.9 / 2))
+    assert dwa_lambdas(last, previous, 2.0).tolist() == pytest.approx([expected_first, 2 - expected_first])
+    assert dwa_lambdas(last, torch.full_like(last, float("nan")), 2.0).tolist() == [1.0, 1.0]
+
+
+def _dwa_run(weighting, losses_per_step, calls_per_step=1, start=0):
+    observed = []
+    for offset, (loss_a, loss_b) in enumerate(losses_per_step):
+        weighting.set_step(start + offset)
+        observed.append(dict(weighting.effective_weights()))
+        for _ in range(calls_per_step):
+            # each micro-batch holds 1/calls of the step's items: its value is its share of the step's mean
+            values = {"a": torch.tensor(loss_a / calls_per_step, requires_grad=True),
+                      "b": torch.tensor(loss_b / calls_per_step, requires_grad=True)}
+            weighting.combine(values, {"a": 1.0 / calls_per_step, "b": 1.0 / calls_per_step})
+    return observed
+
+
+def test_dwa_weights_from_period_means_by_hand():
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="dwa", temperature=2.0,
+                                   dwa_period_steps=2)
+    # periods of 2 steps: means a = 4, 2, 1.5 and b = 1, 1, 1.2
+    steps = [(4.0, 1.0), (4.0, 1.0), (2.0, 1.0), (2.0, 1.0), (1.0, 1.0), (2.0, 1.4), (9.0, 9.0)]
+    observed = _dwa_run(weighting, steps)
+    assert all(o == {"a": 1.0, "b": 1.0} for o in observed[:4])  # two periods must be seen first
+    ratio_a, ratio_b = 2.0 / 4.0, 1.0 / 1.0
+    lambda_a = 2 * math.exp(ratio_a / 2) / (math.exp(ratio_a / 2) + math.exp(ratio_b / 2))
+    assert observed[4] == pytest.approx({"a": lambda_a, "b": 2 - lambda_a})
+    assert observed[5] == observed[4]
+    ratio_a, ratio_b = 1.5 / 2.0, 1.2 / 1.0
+    lambda_a = 2 * math.exp(ratio_a / 2) / (math.exp(ratio_a / 2) + math.exp(ratio_b / 2))
+    assert observed[6] == pytest.approx({"a": lambda_a, "b": 2 - lambda_a})
+    # the slower-falling task (b) gets the larger weight
+    assert observed[6]["b"] > observed[6]["a"]
+
+
+def test_dwa_state_round_trips_mid_period_and_is_independent_of_accumulation():
+    steps = [(4.0, 1.0), (3.0, 1.0), (2.0, 1.0), (2.0, 1.5), (1.0, 1.0), (2.0, 1.4), (1.0, 3.0), (0.5, 1.0)]
+    kwargs = dict(weighting="dwa", temperature=1.5, dwa_period_steps=3)
+    uninterrupted = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs)
+    reference = _dwa_run(uninterrupted, steps)
+    first = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs)
+    observed = _dwa_run(first, steps[:4])
+    resumed = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs)
+    resumed.load_state_dict(first.state_dict())
+    observed += _dwa_run(resumed, steps[4:], start=4)
+    assert observed == reference and reference[-1] != {"a": 1.0, "b": 1.0}
+    accumulated = _dwa_run(ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs), steps,
+                           calls_per_step=4)
+    assert [pytest.approx(weights) for weights in accumulated] == reference
+
+
+def test_dwa_ignores_evaluation_calls():
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="dwa", dwa_period_steps=1)
+    with torch.no_grad():
+        weighting.combine({"a": torch.tensor(5.0), "b": torch.tensor(1.0)}, {"a": 1.0, "b": 1.0})
+    assert weighting.dwa_counts.sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------- uncertainty
+def test_uncertainty_weight_of_the_noisier_task_falls():
+    """Two regression heads on shared data; task b has 6x the noise std. Kendall's optimum is exp(-s) = 1/L."""
+    torch.manual_seed(0)
+    features = torch.randn(512, 4)
+    true_weights = torch.randn(4, 2)
+    targets = features @ true_weights + torch.randn(512, 2) * torch.tensor([0.3, 2.0])
+    model = torch.nn.Linear(4, 2)
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="uncertainty")
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(weighting.parameters()), lr=0.05)
+    for _ in range(300):
+        errors = (model(features) - targets) ** 2
+        total = weighting.combine({"a": errors[:, 0].mean(), "b": errors[:, 1].mean()}, {"a": 1.0, "b": 1.0})
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    weights = weighting.effective_weights()
+    final = ((model(features) - targets) ** 2).mean(dim=0).detach()
+    assert weights["b"] < 1.0 < weights["a"]
+    assert weights["a"] == pytest.approx(1 / final[0].item(), rel=0.15)
+    assert weights["b"] == pytest.approx(1 / final[1].item(), rel=0.15)
