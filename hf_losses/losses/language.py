@@ -77,8 +77,8 @@ def _accumulate_weight_grad(accumulator: Tensor, grad_logits: Tensor, grad_logit
 def linear_cross_entropy(hidden_states: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None = None, *,
                          class_weights: Tensor | None = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: float | None = None, ignore_index: int = IGNORE_INDEX,
-                         chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Sum over tokens of ``cross_entropy(hidden_states @ weight.T + bias, targets)``, chunked; differentiable.
+                         chunk_size: int | None = None, scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """``scale`` x the sum over tokens of ``cross_entropy(hidden_states @ weight.T + bias, targets)``, chunked.
 
     Args:
         hidden_states: ``(..., H)`` final hidden states (the LM head's input), any float dtype.
@@ -89,13 +89,15 @@ def linear_cross_entropy(hidden_states: Tensor, targets: Tensor, weight: Tensor,
         z_loss: coefficient of PaLM's auxiliary ``lse^2`` term (not class-weighted).
         softcap: ``z = softcap * tanh(logits / softcap)`` before the softmax (Gemma 2).
         chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+        scale: multiplies the sum (``1 / num_items_in_batch``); applied inside, so the gradients stored in
+            forward are final and backward returns them without a copy when the incoming gradient is 1.
 
-    Returns ``(loss_sum, z_loss_sum)``: the summed per-token losses (z-loss included; differentiable w.r.t.
-    ``hidden_states``, ``weight`` and ``bias``) and the z-loss part alone (detached, for logging).
+    Returns ``(scale * loss_sum, scale * z_loss_sum)``: the summed per-token losses (z-loss included;
+    differentiable w.r.t. ``hidden_states``, ``weight`` and ``bias``) and the z-loss part alone (detached).
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden_states, weight, bias))
-    options = (class_weights, float(label_smoothing), float(z_loss), softcap, ignore_index, chunk_size)
+    options = (class_weights, float(label_smoothing), float(z_loss), softcap, ignore_index, chunk_size, scale)
     if needs_grad:
         return _LinearCrossEntropy.apply(hidden_states, targets, weight, bias, options)
     total, z_total, _, _, _ = _linear_cross_entropy_chunks(hidden_states, targets, weight, bias, options,
@@ -106,8 +108,8 @@ def linear_cross_entropy(hidden_states: Tensor, targets: Tensor, weight: Tensor,
 def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
                                  options: tuple, needs: tuple[bool, bool, bool]
                                  ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Loss sums and (as asked by ``needs``) the gradients w.r.t. hidden states, weight and bias of the sum."""
-    class_weights, label_smoothing, z_loss, softcap, ignore_index, chunk_size = options
+    """Scaled loss sums and (as asked by ``needs``) their gradients w.r.t. hidden states, weight and bias."""
+    class_weights, label_smoothing, z_loss, softcap, ignore_index, chunk_size, scale = options
     need_hidden, need_weight, need_bias = needs
     need_any = need_hidden or need_weight or need_bias
     matmul_dtype = _matmul_dtype(hidden_states, weight)
@@ -127,6 +129,7 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
         smooth_scale = label_smoothing / vocab_size
         # per token: loss = a_i * lse_i - (1-eps) w_y z_y - eps/V sum_c w_c z_c (+ z_loss lse^2), a_i as below
         smooth_weight_sum = float(vocab_size) if class_weights is None else class_weights.sum()
+        scale = torch.as_tensor(scale, dtype=acc_dtype, device=device)
 
         total = torch.zeros((), dtype=acc_dtype, device=device)
         z_total = torch.zeros((), dtype=acc_dtype, device=device)
@@ -180,16 +183,14 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
                 del z
                 continue
 
-            # d loss_i / d z_c = p_c (a_i + 2 z_loss lse_i) - (1-eps) w_y [c = y] - eps/V w_c
-            scale = (coefficient + 2.0 * z_loss * lse) / exp_sum if z_loss > 0 else coefficient / exp_sum
-            grad = z.mul_(scale[:, None])
-            hard_grad = torch.full_like(target_logit, hard) if target_weight is None else hard * target_weight
-            grad.scatter_add_(1, target[:, None], -hard_grad[:, None])
+            # d loss_i / d z_c = p_c (a_i + 2 z_loss lse_i) - (1-eps) w_y [c = y] - eps/V w_c, times `scale`
+            row_scale = (coefficient + 2.0 * z_loss * lse) if z_loss > 0 else coefficient
+            grad = z.mul_((row_scale * scale / exp_sum)[:, None])
+            hard_grad = hard * scale * (1.0 if target_weight is None else target_weight)
+            grad.scatter_add_(1, target[:, None], -hard_grad.expand_as(target_logit)[:, None])
             if label_smoothing > 0:
-                if class_weights is None:
-                    grad.sub_(smooth_scale)
-                else:
-                    grad.sub_(smooth_scale * class_weights[None, :])
+                smooth_grad = smooth_scale * scale
+                grad.sub_(smooth_grad if class_weights is None else smooth_grad * class_weights[None, :])
             if tanh is not None:
                 grad.mul_(tanh.mul_(tanh).neg_().add_(1.0))  # d softcap*tanh(x/softcap) / dx = 1 - tanh^2
                 del tanh
@@ -204,11 +205,16 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
 
     if grad_hidden is not None:
         grad_hidden = grad_hidden.view(hidden_states.shape)
-    return total, z_total, grad_hidden, grad_weight, grad_bias
+    return total * scale, z_total * scale, grad_hidden, grad_weight, grad_bias
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Gradients are computed chunk by chunk in forward; backward scales them by the incoming gradient."""
+    """Gradients are computed chunk by chunk in forward; backward scales them by the incoming gradient.
+
+    The stored gradients are returned as they are when the incoming gradient is 1 (a plain ``loss.backward()``:
+    no copy, and autograd can take them as ``.grad``), else multiplied out of place, so a second backward through
+    a retained graph (gradcheck does that) still gives the right answer.
+    """
 
     @staticmethod
     def forward(ctx: Any, hidden_states: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None,
@@ -223,15 +229,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor, _grad_z: Tensor | None) -> tuple[Tensor | None, ...]:
-        # In place: the stored gradients are ours, and autograd's version check refuses a second backward.
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        unit = bool((grad_total == 1).all())  # one host sync per step, as Liger's kernel does
         outputs = []
         for grad, dtype in ((grad_hidden, hidden_dtype), (grad_weight, weight_dtype), (grad_bias, bias_dtype)):
             if grad is None:
                 outputs.append(None)
                 continue
-            grad = grad.mul_(grad_total.to(grad.dtype))
+            if not unit:
+                grad = grad * grad_total.to(grad.dtype)
             outputs.append(grad if grad.dtype == dtype else grad.to(dtype))
         return outputs[0], None, outputs[1], outputs[2], None
 
@@ -291,14 +298,16 @@ class CausalLMLoss(Loss):
                 num_items_in_batch: NumItems = None, shift_labels: Tensor | None = None) -> Tensor:
         targets = self.targets(labels, shift_labels)
         self.check_hidden_inputs(hidden_states, targets, weight, bias)
-        total, z_total = linear_cross_entropy(
+        count = (targets != self.ignore_index).sum()
+        # 1 / (num_items_in_batch, else the local count), clamped to >= 1: the contract's reduction
+        one = torch.ones((), dtype=torch.float64 if hidden_states.dtype == torch.float64 else torch.float32,
+                         device=hidden_states.device)
+        scale = reduce_by_items(one, count, num_items_in_batch, self.item_unit)
+        loss, z_part = linear_cross_entropy(
             hidden_states, targets, weight, bias, class_weights=self.class_weights,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-            ignore_index=self.ignore_index, chunk_size=self.chunk_size)
-        count = (targets != self.ignore_index).sum()
-        loss = reduce_by_items(total, count, num_items_in_batch, self.item_unit)
-        z_part = reduce_by_items(z_total, count, num_items_in_batch, self.item_unit)
-        self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part.detach()}
+            ignore_index=self.ignore_index, chunk_size=self.chunk_size, scale=scale)
+        self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part}
         return loss
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
