@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from hf_losses.distributed import sum_across_processes
 from hf_losses.losses.checks import check_choice, check_number
 
 Weighting = Literal["fixed", "uncertainty", "dwa"]
@@ -123,19 +124,6 @@ class WeightSchedule:
             raise ValueError(f"{owner}: `{where}` has unknown keys {sorted(config)}; a {kind} schedule takes "
                              f"'schedule' and {list(allowed)}.")
         return schedule
-
-
-def _all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """In-place sum across processes (no gradient) when torch.distributed is initialized; identity otherwise."""
-    try:
-        from hf_losses.distributed import all_reduce_sum_  # type: ignore[attr-defined]
-    except ImportError:
-        all_reduce_sum_ = None
-    if all_reduce_sum_ is not None:
-        return all_reduce_sum_(tensor)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
 
 
 class ComponentWeighting(nn.Module):
@@ -265,8 +253,7 @@ class ComponentWeighting(nn.Module):
                 update[0, index] = values[name].detach().to(torch.float64)
                 fraction = item_fractions[name]
                 update[1, index] = fraction.detach().to(torch.float64) if isinstance(fraction, Tensor) else fraction
-        _all_reduce_sum_(update)
-        update = update.to(self.dwa_sums.device)
+        update = sum_across_processes(update).to(self.dwa_sums.device)
         self.dwa_sums += update[0]
         self.dwa_counts += update[1]
 
