@@ -1,0 +1,259 @@
+"""How ``(logits, labels)`` are read from a model's outputs for each task, as transformers' own heads read them.
+
+A :class:`Task` answers three questions for :class:`~hf_losses.trainers.LossTrainer`:
+
+* :meth:`Task.read`: the logits and labels to hand to an hf-losses loss (token classification flattened,
+  causal LM shifted, segmentation logits upsampled to the label size, regression targets shaped like the logits);
+* :meth:`Task.loss_labels`: the labels alone, exactly as :meth:`Task.read` gives them, so that the trainer can
+  count the items of a whole accumulation window before any forward pass;
+* :meth:`Task.model_loss_items`: how many items the model's *own* loss averages over (``loss_type="auto"``), so
+  that its per-batch mean can be turned into an exact global mean.
+
+This module needs torch only; the model is seen through its ``config`` and class name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+TASKS = ("auto", "sequence_classification", "multi_label", "token_classification", "causal_lm",
+         "semantic_segmentation", "regression")
+PROBLEM_TYPES = {"single_label_classification": "sequence_classification",
+                 "multi_label_classification": "multi_label", "regression": "regression"}
+
+# Class-name suffixes of transformers' heads, in the order they are tried.
+_HEAD_SUFFIXES = (
+    ("ForTokenClassification", "token_classification"),
+    ("ForCausalLM", "causal_lm"),
+    ("LMHeadModel", "causal_lm"),
+    ("ForSemanticSegmentation", "semantic_segmentation"),
+    ("ForSequenceClassification", "sequence_classification"),
+    ("ForImageClassification", "sequence_classification"),
+    ("ForAudioClassification", "sequence_classification"),
+    ("ForVideoClassification", "sequence_classification"),
+    ("ForMultipleChoice", "sequence_classification"),
+)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model inside DDP/DeepSpeed (``.module``) and PEFT (``.base_model.model``) wrappers."""
+    for _ in range(4):
+        if hasattr(model, "module") and not hasattr(model, "config"):
+            model = model.module
+    base = getattr(getattr(model, "base_model", None), "model", None)
+    if type(model).__name__.startswith("Peft") and base is not None:
+        model = base
+    return model
+
+
+def infer_task(model: Any) -> str | None:
+    """The task of a transformers head from its class name (then ``config.architectures``); None if unknown."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    for name in [type(model).__name__] + list(getattr(config, "architectures", None) or []):
+        for suffix, task in _HEAD_SUFFIXES:
+            if name.endswith(suffix):
+                return task
+    return None
+
+
+def _logits(outputs: Any) -> Tensor:
+    if isinstance(outputs, Mapping):
+        if outputs.get("logits") is not None:
+            return outputs["logits"]
+        raise ValueError(f"The model returned no `logits` (keys: {', '.join(outputs.keys())}); hf-losses needs the "
+                         f"logits to compute the loss.")
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0]
+    return outputs
+
+
+@dataclass
+class Task:
+    """Base task: logits ``(N, C, ...)`` and labels read as they are."""
+
+    name: str = "unknown"
+    #: "index" (integer class ids), "binary" (float targets shaped like the logits), None (decided per batch)
+    label_kind: str | None = "index"
+    #: the loss's ignore index (labels reach the loss with this value on ignored entries)
+    ignore_index: int = IGNORE_INDEX
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        """The labels exactly as :meth:`read` hands them to the loss (for counting a window's items)."""
+        return inputs["labels"]
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(logits, labels)`` for the loss, from the model's outputs and the batch holding the labels."""
+        return _logits(outputs), self.loss_labels(inputs)
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        """How many items the model's own loss averages over in this batch. For a head hf-losses does not know
+        (e.g. a seq2seq ``ForConditionalGeneration``): integer labels are taken as a cross-entropy mean over the
+        entries that are not -100, float labels as a mean over every entry (MSE/BCE)."""
+        labels = inputs["labels"]
+        if labels.is_floating_point():
+            return torch.tensor(labels.numel(), device=labels.device)
+        return (labels != IGNORE_INDEX).sum()
+
+
+@dataclass
+class SequenceClassificationTask(Task):
+    """``problem_type`` picks single-label (CE), multi-label (BCE) or regression (MSE), as
+    ``BertForSequenceClassification`` does; unset, ``num_labels == 1`` means regression, integer labels
+    single-label and float labels multi-label (decided per batch)."""
+
+    problem_type: str | None = None
+    num_labels: int | None = None
+
+    def resolved(self, labels: Tensor) -> str:
+        if self.problem_type is not None:
+            return self.problem_type
+        if self.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        labels = inputs["labels"]
+        return labels if self.resolved(labels) == "single_label_classification" else labels.float()
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        logits, labels = _logits(outputs), self.loss_labels(inputs)
+        if self.resolved(inputs["labels"]) == "regression":
+            labels = labels.reshape(logits.shape)
+        return logits, labels
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        labels = inputs["labels"]
+        if self.resolved(labels) == "single_label_classification":
+            return (labels != IGNORE_INDEX).sum()
+        return torch.tensor(labels.numel(), device=labels.device)  # MSE / BCE average over every entry
+
+
+@dataclass
+class TokenClassificationTask(Task):
+    """Logits ``(N, T, C)`` and labels ``(N, T)``, flattened to ``(N*T, C)`` and ``(N*T,)``."""
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        return inputs["labels"].reshape(-1)
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        logits = _logits(outputs)
+        return logits.reshape(-1, logits.shape[-1]), self.loss_labels(inputs)
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        return (inputs["labels"] != IGNORE_INDEX).sum()
+
+
+def next_token_labels(inputs: Mapping[str, Any], ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Targets ``(N, T)``: ``shift_labels`` when the collator gives them, else ``labels`` shifted left by one and
+    padded with ``ignore_index`` (as transformers' ``ForCausalLMLoss``, which pads rather than cutting the logits)."""
+    if inputs.get("shift_labels") is not None:
+        return inputs["shift_labels"]
+    return F.pad(inputs["labels"], (0, 1), value=ignore_index)[..., 1:]
+
+
+@dataclass
+class CausalLMTask(Task):
+    """Logits ``(N, T, V)``; position ``t`` predicts label ``t + 1`` (or ``shift_labels[t]``); flattened."""
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        return next_token_labels(inputs, self.ignore_index).reshape(-1)
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        logits = _logits(outputs)
+        return logits.reshape(-1, logits.shape[-1]), self.loss_labels(inputs)
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        return (next_token_labels(inputs, IGNORE_INDEX) != IGNORE_INDEX).sum()
+
+
+@dataclass
+class SemanticSegmentationTask(Task):
+    """Logits ``(N, C, h, w)`` upsampled (bilinear, ``align_corners=False``, as SegFormer does) to the label size
+    ``(N, H, W)``. Label values equal to the model's ``config.semantic_loss_ignore_index`` (255 for SegFormer) reach
+    the loss as its own ``ignore_index``."""
+
+    data_ignore_index: int | None = None
+    num_labels: int | None = None
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        labels = inputs["labels"]
+        if self.data_ignore_index is not None and self.data_ignore_index != self.ignore_index:
+            labels = labels.masked_fill(labels == self.data_ignore_index, self.ignore_index)
+        return labels
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        logits, labels = _logits(outputs), self.loss_labels(inputs)
+        if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, labels
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        labels = inputs["labels"]
+        if self.num_labels == 1:  # SegFormer's one-channel head: masked BCE averaged over every pixel
+            return torch.tensor(labels.numel(), device=labels.device)
+        ignore = IGNORE_INDEX if self.data_ignore_index is None else self.data_ignore_index
+        return (labels != ignore).sum()
+
+
+@dataclass
+class RegressionTask(Task):
+    """Predictions ``(N, K)``; float targets reshaped to the predictions' shape (the model's MSE: every entry)."""
+
+    label_kind: str | None = "binary"
+
+    def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
+        return inputs["labels"].float()
+
+    def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        logits = _logits(outputs)
+        return logits, self.loss_labels(inputs).reshape(logits.shape)
+
+    def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
+        labels = inputs["labels"]
+        return torch.tensor(labels.numel(), device=labels.device)
+
+
+@dataclass
+class MultiLabelTask(RegressionTask):
+    """Logits ``(N, C)`` and multi-hot float targets ``(N, C)`` (the model's BCE: every entry)."""
+
+
+def build_task(task: str, model: Any = None, ignore_index: int = IGNORE_INDEX) -> Task:
+    """The :class:`Task` for ``task`` (``"auto"``: from the model's class and ``config.problem_type``), handing
+    labels to a loss whose ignore index is ``ignore_index``."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown loss_task {task!r}; choose one of {list(TASKS)}.")
+    config = getattr(unwrap(model), "config", None)
+    problem_type = getattr(config, "problem_type", None)
+    num_labels = getattr(config, "num_labels", None)
+    if task == "auto":
+        task = infer_task(model) if model is not None else None
+        if task is None:
+            return Task(name="unknown", label_kind=None, ignore_index=ignore_index)
+    if task == "sequence_classification" and problem_type in ("multi_label_classification", "regression"):
+        task = PROBLEM_TYPES[problem_type]
+    if task == "sequence_classification":
+        kind = "index" if problem_type == "single_label_classification" else None
+        return SequenceClassificationTask(name=task, label_kind=kind, ignore_index=ignore_index,
+                                          problem_type=problem_type, num_labels=num_labels)
+    if task == "multi_label":
+        return MultiLabelTask(name=task, ignore_index=ignore_index)
+    if task == "regression":
+        return RegressionTask(name=task, ignore_index=ignore_index)
+    if task == "token_classification":
+        return TokenClassificationTask(name=task, ignore_index=ignore_index)
+    if task == "causal_lm":
+        return CausalLMTask(name=task, ignore_index=ignore_index)
+    return SemanticSegmentationTask(name=task, ignore_index=ignore_index,
+                                    data_ignore_index=getattr(config, "semantic_loss_ignore_index", None),
+                                    num_labels=num_labels)
