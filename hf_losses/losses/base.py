@@ -135,6 +135,11 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
             raise ValueError(f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
                              f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...)).")
         num_classes = logits.shape[1]
+        if labels.numel() == 0:
+            return
+        low, high = labels.aminmax()
+        if low >= 0 and high < num_classes:  # one pass over the labels in the common case
+            return
         out_of_range = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
         if out_of_range.any():
             bad = labels[out_of_range][0].item()

@@ -26,6 +26,16 @@ def per_item_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None
                            label_smoothing=label_smoothing, reduction="none")
 
 
+def count_valid(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor | int:
+    """Number of label entries that are not ``ignore_index`` (the item count of every loss in this module)."""
+    if labels.device.type == "cpu" and labels.numel() > 0:
+        # on CPU one min/max pass is ~3x cheaper than compare + sum, and usually proves nothing is ignored
+        low, high = labels.aminmax()
+        if ignore_index < low or ignore_index > high:
+            return labels.numel()
+    return (labels != ignore_index).sum()
+
+
 @register_loss("cross_entropy", aliases=("ce", "weighted_cross_entropy"))
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy with optional class weights and label smoothing.
@@ -50,8 +60,11 @@ class CrossEntropyLoss(Loss):
         check_num_classes(self._label(), "weight", self.weight, logits.shape[1])
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        losses = per_item_cross_entropy(logits, labels, self.weight, self.label_smoothing, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        # reduction="sum" is the sum of the unreduced w[y_i] * ce_i, in one fused kernel
+        weight = None if self.weight is None else self.weight.to(logits)
+        total = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index,
+                                label_smoothing=self.label_smoothing, reduction="sum")
+        return total, count_valid(labels, self.ignore_index)
 
 
 # ------------------------------------------------------------------------------------------------ focal
@@ -126,7 +139,7 @@ class FocalLoss(Loss):
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         alpha = expand_alpha(self.alpha, logits.shape[1])
         losses = per_item_focal(logits, labels, self.gamma, alpha, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        return losses.sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, {super().extra_repr()}"
@@ -184,7 +197,7 @@ class ClassBalancedLoss(Loss):
             losses = per_item_cross_entropy(logits, labels, self.weight, 0.0, self.ignore_index)
         else:
             losses = per_item_focal(logits, labels, self.gamma, self.weight, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        return losses.sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, base={self.base!r}, gamma={self.gamma:g}, {super().extra_repr()}"
@@ -240,7 +253,7 @@ class LDAMLoss(Loss):
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         weight = None if self.weight is None else self.weight.to(logits)
         losses = per_item_ldam(logits, labels, self.margins, self.scale, weight, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        return losses.sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"max_margin={self.max_margin:g}, scale={self.scale:g}, {super().extra_repr()}"
@@ -272,7 +285,7 @@ class Poly1Loss(Loss):
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         losses = per_item_poly1(logits, labels, self.epsilon, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        return losses.sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon:g}, {super().extra_repr()}"

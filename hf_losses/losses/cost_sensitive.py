@@ -17,6 +17,7 @@ from torch import Tensor
 
 from hf_losses.losses.base import IGNORE_INDEX, Loss
 from hf_losses.losses.checks import check_choice, check_number
+from hf_losses.losses.classification import count_valid
 from hf_losses.registry import register_loss
 
 
@@ -80,7 +81,7 @@ class CostSensitiveLoss(Loss):
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         losses = per_item_cost_sensitive(logits, labels, self.cost_matrix, self.cost_weight, self.ignore_index)
-        return losses.sum(), (labels != self.ignore_index).sum()
+        return losses.sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"cost_weight={self.cost_weight:g}, cost_matrix={self.cost_matrix.tolist()}, {super().extra_repr()}"

@@ -9,10 +9,12 @@ non-ignored label entry, so each loss is the mean over non-ignored entries, as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from hf_losses.losses.base import IGNORE_INDEX, Loss
 from hf_losses.losses.checks import as_vector, check_num_classes, check_number
@@ -41,16 +43,29 @@ class MultiLabelLoss(Loss):
         super().check_inputs(logits, labels)
         check_binary_targets(self._label(), labels, self.ignore_index)
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        if not may_contain(labels, self.ignore_index):
+            return self.masked_sum(logits, labels, None), labels.numel()
         valid = labels != self.ignore_index
         # ignored entries get target 0 so every formula stays finite there; their loss is then dropped
-        targets = labels.masked_fill(~valid, 0.0)
+        return self.masked_sum(logits, labels.masked_fill(~valid, 0.0), valid), valid.sum()
+
+    def masked_sum(self, logits: Tensor, targets: Tensor, valid: Tensor | None) -> Tensor:
+        """Sum of the per-entry losses over the ``valid`` entries (all of them when ``valid`` is None)."""
         losses = self.per_entry(logits, targets)
-        return torch.where(valid, losses, 0.0).sum(), valid.sum()
+        return (losses if valid is None else torch.where(valid, losses, 0.0)).sum()
 
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Unreduced loss of every entry; ``targets`` in [0, 1]."""
         raise NotImplementedError
+
+
+def may_contain(labels: Tensor, value: float) -> bool:
+    """False when ``value`` provably does not occur in ``labels`` (one min/max pass, CPU only; no GPU sync)."""
+    if labels.device.type != "cpu" or labels.numel() == 0:
+        return labels.numel() > 0
+    low, high = labels.aminmax()
+    return bool(low <= value <= high)
 
 
 # ------------------------------------------------------------------------------------------------ BCE
@@ -88,9 +103,12 @@ class BCELoss(MultiLabelLoss):
         if self.per_class:
             check_num_classes(self._label(), "pos_weight", self.pos_weight, logits.shape[1] if logits.dim() > 1 else 1)
 
-    def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def masked_sum(self, logits: Tensor, targets: Tensor, valid: Tensor | None) -> Tensor:
+        # the mask as BCE's element weight: one fused kernel for the masked sum
         pos_weight = None if self.pos_weight is None else class_shaped(self.pos_weight, logits)
-        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+        weight = None if valid is None else valid.to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets, weight=weight, pos_weight=pos_weight,
+                                                  reduction="sum")
 
 
 # ------------------------------------------------------------------------------------------------ sigmoid focal
@@ -111,6 +129,52 @@ def per_entry_sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float | None
     return losses
 
 
+class SigmoidFocalSum(torch.autograd.Function):
+    """Sum of :func:`per_entry_sigmoid_focal` times ``weight``, its gradient computed in the same pass.
+
+    The autograd graph of the plain formula keeps a dozen full-size intermediates and replays as many
+    kernels backwards; the closed-form gradient, with ``q = 1 - p_t = t + p (1 - 2t)``,
+    ``d/dx [a_t q^g ce] = a_t [ (p - t) q^g + g q^(g-1) p (1 - p) (1 - 2t) ce ]``,
+    shares ``p``, ``q`` and ``ce`` with the forward pass: about half the time of the plain formula.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, weight: Tensor | None, alpha: float | None,
+                gamma: float, compute_grad: bool) -> Tensor:
+        probs = torch.sigmoid(logits)
+        ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        flip = torch.rsub(targets, 1.0, alpha=2.0)  # 1 - 2t
+        if alpha is not None:
+            # alpha t + (1 - alpha)(1 - t) = 1/2 + (1/2 - alpha)(1 - 2t)
+            alpha_t = flip.mul(0.5 - alpha).add_(0.5)
+            weight = alpha_t if weight is None else alpha_t.mul_(weight)
+        if gamma == 0:
+            losses, modulator, q_power = ce, None, None
+        else:
+            q = torch.addcmul(targets, probs, flip)  # 1 - p_t
+            if gamma < 1:
+                q = q.clamp_(min=torch.finfo(q.dtype).tiny)  # q^(gamma - 1) stays finite
+            q_power = q.pow(gamma - 1.0)
+            modulator = q_power * q
+            losses = ce * modulator
+        total = (losses if weight is None else losses * weight).sum()
+        if compute_grad:
+            grad = torch.sub(probs, targets)
+            if modulator is not None:
+                grad.mul_(modulator).add_(
+                    torch.addcmul(probs, probs, probs, value=-1.0).mul_(flip).mul_(ce).mul_(q_power), alpha=gamma)
+            if weight is not None:
+                grad.mul_(weight)
+            ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total, None, None, None, None, None
+
+
 @register_loss("sigmoid_focal", aliases=("sigmoid_focal_loss", "retinanet_focal"))
 class SigmoidFocalLoss(MultiLabelLoss):
     """Sigmoid focal loss (RetinaNet): ``-alpha_t (1 - p_t)^gamma log p_t`` per entry, mean over label entries.
@@ -129,6 +193,11 @@ class SigmoidFocalLoss(MultiLabelLoss):
 
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
         return per_entry_sigmoid_focal(logits, targets, self.alpha, self.gamma)
+
+    def masked_sum(self, logits: Tensor, targets: Tensor, valid: Tensor | None) -> Tensor:
+        weight = None if valid is None else valid.to(logits.dtype)
+        compute_grad = torch.is_grad_enabled() and logits.requires_grad
+        return SigmoidFocalSum.apply(logits, targets, weight, self.alpha, self.gamma, compute_grad)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma:g}, {super().extra_repr()}"
