@@ -267,9 +267,7 @@ class LossTrainer(Trainer):
             loss_fn.set_step(self.state.global_step)
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "shift_labels")}
         if getattr(loss_fn, "takes_hidden_states", False):
-            from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
-
-            hidden_states, weight, bias = lm_hidden_states_and_head(model, model_inputs)
+            hidden_states, weight, bias = _hidden_states_and_head(model, model_inputs)
             loss = loss_fn(hidden_states, inputs.get("labels"), weight=weight, bias=bias,
                            num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
             outputs = {"last_hidden_state": hidden_states}
@@ -406,3 +404,24 @@ class LossTrainer(Trainer):
                     os.makedirs(self.args.output_dir, exist_ok=True)
                     shutil.copy(source, os.path.join(self.args.output_dir, name))
         super()._push_from_checkpoint(checkpoint_folder)
+
+
+def _hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Final hidden states and LM head ``(weight, bias)`` without computing the logits.
+
+    Uses ``hf_losses.trainers.hidden_states.lm_hidden_states_and_head`` (DDP, DeepSpeed, PEFT, soft-capping...);
+    until that module exists, a plain unwrapped model's base model and output embeddings are used."""
+    try:
+        from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
+    except ModuleNotFoundError as error:
+        if error.name != "hf_losses.trainers.hidden_states":
+            raise
+    else:
+        return lm_hidden_states_and_head(model, inputs)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if head is None or base is None or base is model:
+        raise NotImplementedError(f"hidden-state losses need hf_losses.trainers.hidden_states for "
+                                  f"{type(model).__name__} (wrapped or without a base model / output embeddings).")
+    hidden_states = base(**inputs)[0]
+    return hidden_states, head.weight, getattr(head, "bias", None)

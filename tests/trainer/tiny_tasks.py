@@ -40,26 +40,26 @@ def _bert_config(**overrides: Any) -> BertConfig:
                       attention_probs_dropout_prob=0.0, classifier_dropout=0.0, **overrides)
 
 
-def build_model(task: str, seed: int = 0) -> torch.nn.Module:
+def build_model(task: str, seed: int = 0, num_labels: int = NUM_LABELS) -> torch.nn.Module:
     """A freshly initialised tiny model for ``task`` (same seed, same weights)."""
     torch.manual_seed(seed)
     if task == "sequence_classification":
-        return BertForSequenceClassification(_bert_config(num_labels=NUM_LABELS,
+        return BertForSequenceClassification(_bert_config(num_labels=num_labels,
                                                           problem_type="single_label_classification"))
     if task == "multi_label":
-        return BertForSequenceClassification(_bert_config(num_labels=NUM_LABELS,
+        return BertForSequenceClassification(_bert_config(num_labels=num_labels,
                                                           problem_type="multi_label_classification"))
     if task == "regression":
         return BertForSequenceClassification(_bert_config(num_labels=1, problem_type="regression"))
     if task == "token_classification":
-        return BertForTokenClassification(_bert_config(num_labels=NUM_LABELS))
+        return BertForTokenClassification(_bert_config(num_labels=num_labels))
     if task == "causal_lm":
         return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB_SIZE, n_embd=8, n_layer=1, n_head=2, n_positions=16,
                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     if task == "semantic_segmentation":
         config = SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
                                  hidden_sizes=[4, 8], patch_sizes=[3, 3], strides=[2, 2], num_attention_heads=[1, 1],
-                                 mlp_ratios=[2, 2], decoder_hidden_size=8, num_labels=NUM_LABELS,
+                                 mlp_ratios=[2, 2], decoder_hidden_size=8, num_labels=num_labels,
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                  classifier_dropout_prob=0.0, drop_path_rate=0.0)
         model = SegformerForSemanticSegmentation(config)
@@ -70,13 +70,22 @@ def build_model(task: str, seed: int = 0) -> torch.nn.Module:
     raise ValueError(task)
 
 
-def build_columns(task: str, num_samples: int, seed: int = 0, ignored: bool = True) -> dict[str, Any]:
-    """Column dict of ``num_samples`` examples for ``task``; ``ignored`` puts -100 (255 for segmentation) into
-    some labels."""
+POOL_SIZE = 16
+
+
+def build_columns(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
+                  num_labels: int = NUM_LABELS) -> dict[str, Any]:
+    """Column dict of the first ``num_samples`` examples of a fixed pool for ``task`` (so 8 samples are the first 8
+    of 10); ``ignored`` puts -100 (255 for segmentation) into some labels."""
+    columns = _pool_columns(task, max(num_samples, POOL_SIZE), seed, ignored, num_labels)
+    return {key: value[:num_samples] for key, value in columns.items()}
+
+
+def _pool_columns(task: str, num_samples: int, seed: int, ignored: bool, num_labels: int) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     if task == "semantic_segmentation":
         pixels = torch.randn(num_samples, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-        labels = torch.randint(0, NUM_LABELS, (num_samples, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+        labels = torch.randint(0, num_labels, (num_samples, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
         if ignored:
             for i in range(num_samples):  # an ignored band of varying height per image (all of image 3)
                 labels[i, : (i * 3) % (IMAGE_SIZE + 1)] = 255
@@ -88,19 +97,19 @@ def build_columns(task: str, num_samples: int, seed: int = 0, ignored: bool = Tr
         attention_mask[i, :length] = 1
     columns: dict[str, Any] = {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()}
     if task == "sequence_classification":
-        labels = torch.randint(0, NUM_LABELS, (num_samples,), generator=generator)
+        labels = torch.randint(0, num_labels, (num_samples,), generator=generator)
         if ignored:
             labels[torch.arange(num_samples) % 4 == 3] = -100
         columns["labels"] = labels.tolist()
     elif task in ("multi_label", "regression"):
-        shape = (num_samples, NUM_LABELS) if task == "multi_label" else (num_samples,)
+        shape = (num_samples, num_labels) if task == "multi_label" else (num_samples,)
         labels = torch.randint(0, 2, shape, generator=generator).float()
         if ignored:
             flat = labels.view(-1)
             flat[torch.arange(flat.numel()) % 5 == 2] = -100.0
         columns["labels"] = labels.tolist()
     elif task == "token_classification":
-        labels = torch.randint(0, NUM_LABELS, (num_samples, SEQUENCE_LENGTH), generator=generator)
+        labels = torch.randint(0, num_labels, (num_samples, SEQUENCE_LENGTH), generator=generator)
         labels[attention_mask == 0] = -100
         if ignored:
             labels[:, 0] = -100
@@ -116,14 +125,16 @@ def build_columns(task: str, num_samples: int, seed: int = 0, ignored: bool = Tr
     return columns
 
 
-def build_dataset(task: str, num_samples: int, seed: int = 0, ignored: bool = True) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(build_columns(task, num_samples, seed, ignored))
+def build_dataset(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
+                  num_labels: int = NUM_LABELS) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(build_columns(task, num_samples, seed, ignored, num_labels))
 
 
-def as_batch(task: str, num_samples: int, seed: int = 0, ignored: bool = True) -> dict[str, torch.Tensor]:
+def as_batch(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
+             num_labels: int = NUM_LABELS) -> dict[str, torch.Tensor]:
     """The same examples as one batch of tensors (what the default collator makes of the whole dataset)."""
     batch = {}
-    for key, value in build_columns(task, num_samples, seed, ignored).items():
+    for key, value in build_columns(task, num_samples, seed, ignored, num_labels).items():
         tensor = torch.tensor(value)
         batch[key] = tensor.float() if tensor.is_floating_point() else tensor
     return batch
@@ -151,11 +162,11 @@ class GradientCapture(TrainerCallback):
 
 
 def reference_gradient(task: str, loss: torch.nn.Module | None, examples: Mapping[str, torch.Tensor],
-                       seed: int = 0, loss_task: str | None = None) -> torch.Tensor:
+                       seed: int = 0, loss_task: str | None = None, num_labels: int = NUM_LABELS) -> torch.Tensor:
     """Plain-PyTorch gradient of the mean loss over ``examples`` seen as one batch (no Trainer)."""
     from hf_losses.tasks import build_task
 
-    model = build_model(task, seed)
+    model = build_model(task, seed, num_labels)
     model.train()
     if loss is None:
         model(**examples).loss.backward()
@@ -183,16 +194,16 @@ def training_arguments(output_dir: str, batch_size: int, accumulation: int, **ov
 def trainer_gradients(task: str, loss_type: str, loss_kwargs: Mapping[str, Any] | None, num_samples: int,
                       batch_size: int, accumulation: int, output_dir: str, ignored: bool = True,
                       loss_task: str = "auto", trainer_class: Callable[..., Any] | None = None,
-                      **overrides: Any) -> tuple[list[torch.Tensor], Any]:
+                      num_labels: int = NUM_LABELS, **overrides: Any) -> tuple[list[torch.Tensor], Any]:
     """Gradients of every optimizer step of one epoch over ``num_samples`` examples, and the trainer."""
     from hf_losses import LossTrainer
 
     args = training_arguments(output_dir, batch_size, accumulation, loss_type=loss_type,
                               loss_kwargs=dict(loss_kwargs or {}), loss_task=loss_task, **overrides)
     capture = GradientCapture()
-    trainer = (trainer_class or LossTrainer)(model=build_model(task), args=args,
-                                             train_dataset=build_dataset(task, num_samples, ignored=ignored),
-                                             callbacks=[capture])
+    trainer = (trainer_class or LossTrainer)(
+        model=build_model(task, num_labels=num_labels), args=args,
+        train_dataset=build_dataset(task, num_samples, ignored=ignored, num_labels=num_labels), callbacks=[capture])
     trainer.train()
     return capture.gradients, trainer
 
