@@ -205,11 +205,12 @@ class SigmoidFocalLoss(MultiLabelLoss):
 
 # ------------------------------------------------------------------------------------------------ ASL
 def per_entry_asymmetric(logits: Tensor, targets: Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
-                         clip: float = 0.05, eps: float = 1e-8) -> Tensor:
+                         clip: float = 0.05, eps: float = 1e-8, detach_focusing: bool = False) -> Tensor:
     """Asymmetric loss of each entry (Ridnik et al. 2021, eq. 7), as in the authors' ``AsymmetricLoss``.
 
     Positives: ``-(1 - p)^gamma_pos log p``; negatives: ``-p_m^gamma_neg log(1 - p_m)`` with the shifted
-    probability ``p_m = max(p - clip, 0)`` that discards very easy negatives.
+    probability ``p_m = max(p - clip, 0)`` that discards very easy negatives. ``detach_focusing`` treats the
+    focusing weight as a constant in backpropagation (the authors' ``disable_torch_grad_focal_loss``).
     """
     probs = torch.sigmoid(logits)
     probs_neg = 1.0 - probs
@@ -219,7 +220,8 @@ def per_entry_asymmetric(logits: Tensor, targets: Tensor, gamma_pos: float = 0.0
     if gamma_pos > 0 or gamma_neg > 0:
         p_t = probs * targets + probs_neg * (1.0 - targets)
         exponent = gamma_pos * targets + gamma_neg * (1.0 - targets)
-        losses = losses * (1.0 - p_t).clamp(min=torch.finfo(losses.dtype).tiny).pow(exponent)
+        focusing = (1.0 - p_t).clamp(min=torch.finfo(losses.dtype).tiny).pow(exponent)
+        losses = losses * (focusing.detach() if detach_focusing else focusing)
     return -losses
 
 
@@ -229,24 +231,30 @@ class AsymmetricLoss(MultiLabelLoss):
 
     ``gamma_neg > gamma_pos`` down-weights the many easy negatives; ``clip`` shifts the negative probability
     (``p_m = max(p - clip, 0)``) so negatives with ``p < clip`` are discarded. Defaults are the paper's
-    (gamma_pos=0, gamma_neg=4, clip=0.05). The authors' code returns the *sum* over entries; this loss is
-    that sum divided by the number of non-ignored entries.
+    (gamma_pos=0, gamma_neg=4, clip=0.05). ``detach_focusing=True`` stops the gradient through the
+    focusing weight, as the authors' training script does (``disable_torch_grad_focal_loss``). The
+    authors' code returns the *sum* over entries; this loss is that sum divided by the number of
+    non-ignored entries.
     """
 
     summary = "Asymmetric loss (ASL): separate focusing gamma_pos/gamma_neg and probability clip for negatives."
     reference = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification (ICCV)"
 
     def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+                 detach_focusing: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__(ignore_index)
         owner = self._label()
         self.gamma_pos = check_number(owner, "gamma_pos", gamma_pos, minimum=0.0)
         self.gamma_neg = check_number(owner, "gamma_neg", gamma_neg, minimum=0.0)
         self.clip = check_number(owner, "clip", clip, minimum=0.0, maximum=1.0)
         self.eps = check_number(owner, "eps", eps, minimum=0.0, maximum=1.0, strict=True)
+        if not isinstance(detach_focusing, bool):
+            raise TypeError(f"{owner}: `detach_focusing` must be True or False, got {detach_focusing!r}.")
+        self.detach_focusing = detach_focusing
 
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return per_entry_asymmetric(logits, targets, self.gamma_pos, self.gamma_neg, self.clip, self.eps)
+        return per_entry_asymmetric(logits, targets, self.gamma_pos, self.gamma_neg, self.clip, self.eps,
+                                    self.detach_focusing)
 
     def extra_repr(self) -> str:
         return (f"gamma_pos={self.gamma_pos:g}, gamma_neg={self.gamma_neg:g}, clip={self.clip:g}, eps={self.eps:g}, "
