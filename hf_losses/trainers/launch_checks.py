@@ -168,8 +168,9 @@ def _deepspeed_world_size(args: Any) -> list[str]:
     if launched > 1 and seen != launched:
         return [f"the launcher started WORLD_SIZE={launched} processes but TrainingArguments see world_size={seen}: "
                 f"DeepSpeed would fail with 'train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step "
-                f"* world_size'. Without CUDA the processes need ddp_backend=\"gloo\" (ddp_backend is "
-                f"{getattr(args, 'ddp_backend', None)!r})."]
+                f"* world_size'. Without CUDA the processes need ddp_backend=\"gloo\" and, when DeepSpeed comes from "
+                f"the `deepspeed` argument rather than an accelerate DeepSpeed config, use_cpu=True (now ddp_backend="
+                f"{getattr(args, 'ddp_backend', None)!r}, use_cpu={getattr(args, 'use_cpu', None)!r})."]
     return []
 
 
