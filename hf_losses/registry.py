@@ -213,6 +213,13 @@ def _type_name(annotation: Any) -> str:
         return "None"
     if annotation is Tensor:
         return "a Tensor"
+    args = typing.get_args(annotation)
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (dict, Mapping, typing.Mapping):
+        return f"dict of {_type_name(args[0])} to {_type_name(args[1])}" if len(args) == 2 else "dict"
+    if annotation is Any:
+        return "any"
     if isinstance(annotation, type) and origin is None:
         return annotation.__name__
     return str(annotation).replace("typing.", "")
