@@ -3,10 +3,11 @@
     python benchmarks/loss_speed.py [--repeats 20] [--device cpu|cuda] [--threads 1] [--losses focal ...]
 
 Pairs: dice / tversky vs MONAI DiceLoss / TverskyLoss, focal vs MONAI FocalLoss (softmax), sigmoid_focal vs
-the plain PyTorch formula of torchvision.ops.sigmoid_focal_loss, cross_entropy vs F.cross_entropy. Shapes:
-8x4x128x128 (segmentation: logits (N, C, H, W), labels (N, H, W)) and 4096x1000 (classification). Each
-timing is the fastest of ``repeats`` forward+backward calls, ours and theirs interleaved so that load on a
-shared machine hits both alike. ``max |diff|`` compares the values where the two definitions coincide.
+torchvision.ops.sigmoid_focal_loss (its formula in plain PyTorch where torchvision is absent), cross_entropy
+vs F.cross_entropy. Shapes: 8x4x128x128 (segmentation: logits (N, C, H, W), labels (N, H, W)) and 4096x1000
+(classification). Each timing is the fastest of ``repeats`` forward+backward calls, ours and theirs
+interleaved so that load on a shared machine hits both alike. ``max abs diff`` compares the values where the
+two definitions coincide.
 A loss that is not available (e.g. the segmentation module is absent) is reported as such.
 """
 
@@ -86,10 +87,17 @@ def build_cases(shape_name: str, device: torch.device) -> list[Case]:
                                       (monai_focal_sum(logits, labels_channel).sum() / labels.numel()).item()),
                       "MONAI mean x C"))
 
-    # sigmoid_focal vs the plain torchvision formula: identical definitions
-    sf_theirs = lambda logits: plain_sigmoid_focal(logits, multilabel)  # noqa: E731
+    # sigmoid_focal vs torchvision's (where installed) or its formula in plain torch: identical definitions
+    try:
+        from torchvision.ops import sigmoid_focal_loss
+
+        sf_theirs = lambda logits: sigmoid_focal_loss(logits, multilabel, reduction="mean")  # noqa: E731
+        sf_peer = "torchvision sigmoid_focal_loss"
+    except Exception:  # torchvision absent (or built for another torch)
+        sf_theirs = lambda logits: plain_sigmoid_focal(logits, multilabel)  # noqa: E731
+        sf_peer = "plain torch (torchvision formula)"
     sf_ours = ours("sigmoid_focal", multilabel, alpha=0.25, gamma=2.0)
-    cases.append(Case("sigmoid_focal", "plain torch (torchvision formula)", shape_name, sf_ours, sf_theirs,
+    cases.append(Case("sigmoid_focal", sf_peer, shape_name, sf_ours, sf_theirs,
                       lambda logits: (sf_ours(logits).item(), sf_theirs(logits).item())))
 
     # dice / tversky vs MONAI (segmentation shape only: on (N, C) logits there is no region to overlap)

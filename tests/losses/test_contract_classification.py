@@ -2,6 +2,8 @@
 decomposition over micro-batches, all-ignored batches, half precision, spatial shapes, and every bad input
 with the text of its error."""
 
+import copy
+
 import pytest
 import torch
 
@@ -146,6 +148,33 @@ def test_autocast_bfloat16_model_output_gives_float32_loss(case):
         value = loss(outputs, labels)
     assert outputs.dtype == torch.bfloat16 and value.dtype == torch.float32
     torch.testing.assert_close(value, loss(outputs.float(), labels))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_equals_cpu_with_ignored_labels_half_precision_and_checked_labels(case):
+    loss, logits, labels = build(case, shape=(8, 3))
+    cpu_input = logits.clone().requires_grad_()
+    expected = loss(cpu_input, labels)
+    expected.backward()
+    device_loss = copy.deepcopy(loss).cuda()
+    cuda_input = logits.cuda().requires_grad_()
+    value = device_loss(cuda_input, labels.cuda())
+    value.backward()
+    assert value.device.type == "cuda" and value.dtype == torch.float32
+    torch.testing.assert_close(value.cpu(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cuda_input.grad.cpu(), cpu_input.grad, atol=1e-6, rtol=1e-4)
+    num_items = device_loss.num_items(labels.cuda())
+    parts = sum(device_loss(x, y, num_items_in_batch=num_items) for x, y in zip(logits.cuda().split(3),
+                                                                               labels.cuda().split(3)))
+    torch.testing.assert_close(parts.cpu(), expected, atol=1e-6, rtol=0)
+    assert device_loss(logits.cuda(), ignored_everywhere(labels).cuda()).item() == 0.0
+    half = device_loss((logits * 40).cuda().half(), labels.cuda())
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    bad = labels.cuda().clone()
+    bad.view(-1)[0] = 7  # out of range for both kinds: a ValueError, not a device-side assert
+    with pytest.raises(ValueError, match="`labels` must"):
+        device_loss(logits.cuda(), bad)
 
 
 # ------------------------------------------------------------------------------------------------ description
