@@ -1,0 +1,503 @@
+"""dice, generalized_dice, tversky, focal_tversky, lovasz against hand-computed values, MONAI, the papers'
+formulas written out as plain loops, and the Lovasz-softmax reference implementation's algorithm."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from monai.losses import DiceLoss as MonaiDice
+from monai.losses import GeneralizedDiceLoss as MonaiGeneralizedDice
+from monai.losses import TverskyLoss as MonaiTversky
+
+from hf_losses import describe_loss, get_loss, list_losses
+from hf_losses.losses.segmentation import _SoftmaxOverlap, overlap_statistics
+
+OVERLAP_LOSSES = ["dice", "generalized_dice", "tversky", "focal_tversky"]
+ALL_LOSSES = OVERLAP_LOSSES + ["lovasz"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add start-up cost (x25 on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(n=3, c=4, spatial=(5, 6), seed=0, ignore_fraction=0.0, dtype=torch.float32, scale=2.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, *spatial, generator=generator, dtype=torch.float64) * scale).to(dtype)
+    labels = torch.randint(0, max(c, 2), (n, *spatial), generator=generator)
+    if ignore_fraction:
+        labels[torch.rand(labels.shape, generator=generator) < ignore_fraction] = -100
+    return logits, labels
+
+
+def logits_from_probs(probs):
+    """Logits (N, C, P) whose softmax over C is ``probs`` (log of the probabilities)."""
+    return torch.log(torch.tensor(probs, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------ plain-loop references
+def loop_statistics(logits, labels, image_indices, c, ignore_index=-100):
+    """tp, |P|, |G| per class over the given images, one pixel at a time (softmax, or sigmoid for C == 1)."""
+    tp, pred, target = [0.0] * c, [0.0] * c, [0.0] * c
+    for n in image_indices:
+        flat_logits = logits[n].reshape(logits.shape[1], -1).tolist()
+        for x, y in enumerate(labels[n].reshape(-1).tolist()):
+            if y == ignore_index:
+                continue
+            column = [flat_logits[k][x] for k in range(logits.shape[1])]
+            if logits.shape[1] == 1:
+                probs, onehot = [1.0 / (1.0 + math.exp(-column[0]))], [1.0 if y == 1 else 0.0]
+            else:
+                exps = [math.exp(v) for v in column]
+                probs = [e / sum(exps) for e in exps]
+                onehot = [1.0 if k == y else 0.0 for k in range(c)]
+            for k in range(c):
+                tp[k] += probs[k] * onehot[k]
+                pred[k] += probs[k]
+                target[k] += onehot[k]
+    return tp, pred, target
+
+
+def loop_class_losses(name, tp, pred, target, smooth, alpha=0.3, beta=0.7, gamma=0.75):
+    """Per-class losses from the papers: Dice (Milletari 2016), Tversky (Salehi 2017), focal-Tversky
+    (Abraham & Khan 2019); generalized Dice (Sudre 2017) returns one value for all classes."""
+    if name == "generalized_dice":
+        weights = [1.0 / g ** 2 if g > 0 else None for g in target]
+        finite = [w for w in weights if w is not None]
+        largest = max(finite) if finite else 0.0
+        weights = [largest if w is None else w for w in weights]
+        numerator = 2 * sum(w * t for w, t in zip(weights, tp)) + smooth
+        denominator = sum(w * (p + g) for w, p, g in zip(weights, pred, target)) + smooth
+        return [1.0 - numerator / denominator]
+    losses = []
+    for t, p, g in zip(tp, pred, target):
+        if name == "dice":
+            losses.append(1.0 - (2 * t + smooth) / (p + g + smooth))
+        else:
+            index = (t + smooth) / (t + alpha * (p - t) + beta * (g - t) + smooth)
+            losses.append(1.0 - index if name == "tversky" else (1.0 - index) ** gamma)
+    return losses
+
+
+def loop_loss(name, logits, labels, per_image=True, include_background=True, smooth=1e-5, **kwargs):
+    """The loss as the sum over images of per-image losses / number of images with a labelled pixel
+    (per_image), or the loss of the whole batch's statistics."""
+    c = logits.shape[1]
+    keep = range(c) if include_background or c == 1 else range(1, c)
+    groups = [[n] for n in range(logits.shape[0])] if per_image else [list(range(logits.shape[0]))]
+    total, count = 0.0, 0
+    for images in groups:
+        tp, pred, target = loop_statistics(logits, labels, images, c)
+        tp, pred, target = [tp[k] for k in keep], [pred[k] for k in keep], [target[k] for k in keep]
+        if any((labels[n] != -100).any() for n in images):
+            count += 1
+        losses = loop_class_losses(name, tp, pred, target, smooth, **kwargs)
+        total += sum(losses) / len(losses)
+    return total / max(count, 1) if per_image else total
+
+
+# The Lovasz-softmax reference (Berman et al., github.com/bermanmaxim/LovaszSoftmax, pytorch/lovasz_losses.py),
+# its algorithm written out with today's torch: lovasz_grad, lovasz_softmax_flat (one class at a time),
+# flatten_probas (drops ignored pixels) and the per-image mean.
+def reference_lovasz_grad(gt_sorted):
+    gt_sorted = gt_sorted.double()  # `.float()` in the original; float64 so that the comparison can be tight
+    p = len(gt_sorted)
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if p > 1:
+        jaccard[1:p] = jaccard[1:p] - jaccard[0:-1]
+    return jaccard
+
+
+def reference_lovasz_softmax_flat(probas, labels, classes="present"):
+    if probas.numel() == 0:  # only void pixels; the original's `probas * 0.` is an empty tensor, meant as 0
+        return probas.sum() * 0.0
+    c = probas.size(1)
+    losses = []
+    for k in range(c):
+        fg = (labels == (1 if c == 1 else k)).to(probas.dtype)  # one sigmoid channel: foreground = label 1
+        if classes == "present" and fg.sum() == 0:
+            continue
+        class_pred = probas[:, 0] if c == 1 else probas[:, k]
+        errors = (fg - class_pred).abs()
+        errors_sorted, perm = torch.sort(errors, 0, descending=True)
+        losses.append(torch.dot(errors_sorted, reference_lovasz_grad(fg[perm]).to(probas.dtype)))
+    return sum(losses) / len(losses) if losses else torch.zeros((), dtype=probas.dtype)
+
+
+def reference_flatten_probas(probas, labels, ignore=-100):
+    c = probas.shape[1]
+    probas = probas.movedim(1, -1).reshape(-1, c)
+    labels = labels.reshape(-1)
+    valid = labels != ignore
+    return probas[valid], labels[valid]
+
+
+def reference_lovasz_softmax(probas, labels, classes="present", per_image=False):
+    if per_image:
+        values = [reference_lovasz_softmax_flat(*reference_flatten_probas(p.unsqueeze(0), l.unsqueeze(0)), classes)
+                  for p, l in zip(probas, labels)]
+        return sum(values) / len(values)
+    return reference_lovasz_softmax_flat(*reference_flatten_probas(probas, labels), classes)
+
+
+def probabilities(logits):
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_segmentation_losses_are_registered_with_their_units():
+    names = list_losses()
+    for name in ALL_LOSSES:
+        assert name in names
+        description = describe_loss(name)
+        assert description.item_unit == "sample" and description.decomposable
+        assert description.reference
+    assert {p.name for p in describe_loss("tversky").parameters} >= {"alpha", "beta", "smooth", "per_image",
+                                                                      "include_background"}
+
+
+def test_per_image_false_is_a_batch_loss_that_ignores_num_items():
+    logits, labels = make_batch()
+    for name in ALL_LOSSES:
+        loss = get_loss(name, per_image=False)
+        assert loss.decomposable is False and loss.num_items(labels) == {}
+        assert get_loss(name).decomposable is True  # the instance attribute does not leak to the class
+        torch.testing.assert_close(loss(logits, labels, num_items_in_batch=100), loss(logits, labels))
+
+
+# ------------------------------------------------------------------------------------------ hand-computed cases
+# Binary: sigmoid probabilities 0.9, 0.2, 0.6, 0.1 for labels 1, 0, 1, 0: TP = 1.5, |P| = 1.8, |G| = 2,
+# FP = 0.3, FN = 0.5. Lovasz: errors 0.1, 0.2, 0.4, 0.1 sorted 0.4 (fg), 0.2, 0.1, 0.1 -> weights 1/2, 1/6, 1/3, 0.
+BINARY_PROBS = [0.9, 0.2, 0.6, 0.1]
+BINARY_LABELS = [1, 0, 1, 0]
+# Three classes, two pixels: probabilities (0.7, 0.2, 0.1) with label 0 and (0.1, 0.6, 0.3) with label 2:
+# TP = (0.7, 0, 0.3), |P| = (0.8, 0.8, 0.4), |G| = (1, 0, 1).
+MULTI_PROBS = [[0.7, 0.1], [0.2, 0.6], [0.1, 0.3]]
+MULTI_LABELS = [0, 2]
+HAND_CASES = [
+    # (name, kwargs, binary?, expected)
+    ("dice", {"smooth": 0.0}, True, 1 - 3.0 / 3.8),
+    ("dice", {"smooth": 1.0}, True, 1 - 4.0 / 4.8),
+    ("generalized_dice", {"smooth": 0.0}, True, 1 - 3.0 / 3.8),
+    ("tversky", {"smooth": 0.0}, True, 1 - 1.5 / (1.5 + 0.3 * 0.3 + 0.7 * 0.5)),
+    ("tversky", {"smooth": 0.0, "alpha": 0.5, "beta": 0.5}, True, 1 - 3.0 / 3.8),
+    ("focal_tversky", {"smooth": 0.0, "gamma": 0.75}, True, (1 - 1.5 / 1.94) ** 0.75),
+    ("focal_tversky", {"smooth": 0.0, "gamma": 2.0}, True, (1 - 1.5 / 1.94) ** 2),
+    ("lovasz", {}, True, 0.4 / 2 + 0.2 / 6 + 0.1 / 3),
+    ("dice", {"smooth": 0.0}, False, (0.4 / 1.8 + 1.0 + 0.8 / 1.4) / 3),
+    ("dice", {"smooth": 0.0, "include_background": False}, False, (1.0 + 0.8 / 1.4) / 2),
+    ("dice", {"smooth": 1.0}, False, (1 - 2.4 / 2.8 + 1 - 1.0 / 1.8 + 1 - 1.6 / 2.4) / 3),
+    ("generalized_dice", {"smooth": 0.0}, False, 1 - 2 * 1.0 / 4.0),  # w = (1, max=1, 1)
+    ("tversky", {"smooth": 0.0}, False, ((1 - 0.7 / 0.94) + 1.0 + (1 - 0.3 / 0.82)) / 3),
+    ("lovasz", {}, False, (0.3 + 0.7) / 2),  # class 1 absent: skipped
+    ("lovasz", {"classes": "all"}, False, (0.3 + 0.6 + 0.7) / 3),
+    ("lovasz", {"include_background": False}, False, 0.7),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,binary,expected", HAND_CASES)
+def test_hand_computed_values(name, kwargs, binary, expected):
+    if binary:
+        probs = torch.tensor(BINARY_PROBS, dtype=torch.float64)
+        logits = torch.log(probs / (1 - probs)).reshape(1, 1, 4)
+        labels = torch.tensor([BINARY_LABELS])
+    else:
+        logits = logits_from_probs(MULTI_PROBS).unsqueeze(0)
+        labels = torch.tensor([MULTI_LABELS])
+    for per_image in (True, False):  # one image: both reductions agree
+        value = get_loss(name, per_image=per_image, **kwargs)(logits, labels)
+        assert value.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_lovasz_hand_value_does_not_depend_on_the_order_of_tied_errors():
+    probs = torch.tensor(BINARY_PROBS, dtype=torch.float64)
+    logits = torch.log(probs / (1 - probs)).reshape(1, 1, 4)
+    labels = torch.tensor([BINARY_LABELS])
+    order = torch.tensor([3, 2, 1, 0])  # errors 0.1 (fg) and 0.1 (bg) swap places
+    value = get_loss("lovasz")(logits[..., order], labels[..., order])
+    assert value.item() == pytest.approx(0.4 / 2 + 0.2 / 6 + 0.1 / 3, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ MONAI
+MONAI_CASES = [
+    # (name, our kwargs, MONAI class, MONAI kwargs)
+    ("dice", {}, MonaiDice, {}),
+    ("dice", {"smooth": 0.5}, MonaiDice, {"smooth_nr": 0.5, "smooth_dr": 0.5}),
+    ("generalized_dice", {}, MonaiGeneralizedDice, {}),
+    ("tversky", {}, MonaiTversky, {"alpha": 0.3, "beta": 0.7}),
+    ("tversky", {"alpha": 0.8, "beta": 0.2, "smooth": 1.0}, MonaiTversky,
+     {"alpha": 0.8, "beta": 0.2, "smooth_nr": 1.0, "smooth_dr": 1.0}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,monai_class,monai_kwargs", MONAI_CASES)
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("shape", [(3, 4, 6, 5), (2, 3, 3, 4, 5), (2, 1, 7, 6)], ids=["2d", "3d", "binary"])
+def test_equals_monai(name, kwargs, monai_class, monai_kwargs, per_image, include_background, shape):
+    logits, labels = make_batch(shape[0], shape[1], shape[2:], seed=sum(shape))
+    binary = shape[1] == 1
+    ours = get_loss(name, per_image=per_image, include_background=include_background, **kwargs)
+    theirs = monai_class(softmax=not binary, sigmoid=binary, to_onehot_y=not binary, batch=not per_image,
+                         include_background=include_background, **monai_kwargs)
+    logits = logits.requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns that include_background is ignored for one channel
+        expected = theirs(logits, labels.unsqueeze(1).to(logits.dtype) if binary else labels.unsqueeze(1))
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    value = ours(logits, labels)
+    (grad,) = torch.autograd.grad(value, logits)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,kwargs,monai_class,monai_kwargs", [c for c in MONAI_CASES if c[0] != "generalized_dice"])
+@pytest.mark.parametrize("per_image", [True, False])
+def test_equals_monai_with_ignored_pixels(name, kwargs, monai_class, monai_kwargs, per_image):
+    """MONAI >= 1.5 masks ``ignore_index`` pixels in DiceLoss and TverskyLoss as we do."""
+    logits, labels = make_batch(3, 4, (6, 5), seed=3, ignore_fraction=0.3)
+    ours = get_loss(name, per_image=per_image, **kwargs)
+    theirs = monai_class(softmax=True, to_onehot_y=True, batch=not per_image, ignore_index=-100, **monai_kwargs)
+    torch.testing.assert_close(ours(logits, labels), theirs(logits, labels.unsqueeze(1)), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ paper formulas, loops
+LOOP_CASES = [
+    ("dice", {}),
+    ("dice", {"smooth": 1.0, "include_background": False}),
+    ("generalized_dice", {}),
+    ("generalized_dice", {"include_background": False}),
+    ("tversky", {"alpha": 0.2, "beta": 0.9, "smooth": 0.1}),
+    ("focal_tversky", {"gamma": 0.75}),
+    ("focal_tversky", {"gamma": 2.0, "alpha": 0.6, "beta": 0.4, "include_background": False}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", LOOP_CASES)
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("c", [1, 3])
+def test_equals_plain_loop_formula_with_ignored_pixels(name, kwargs, per_image, c):
+    logits, labels = make_batch(3, c, (4, 3), seed=7 + c, ignore_fraction=0.25, dtype=torch.float64)
+    labels[1] = -100  # a fully ignored image: not an item, contributes nothing
+    value = get_loss(name, per_image=per_image, **kwargs)(logits, labels)
+    loop_kwargs = {k: v for k, v in kwargs.items() if k in ("alpha", "beta", "gamma")}
+    expected = loop_loss(name, logits, labels, per_image, kwargs.get("include_background", True),
+                         kwargs.get("smooth", 1e-5), **loop_kwargs)
+    assert value.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("classes", ["present", "all"])
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("c", [1, 4])
+def test_lovasz_equals_reference_implementation(classes, per_image, c):
+    logits, labels = make_batch(3, c, (5, 4), seed=11 + c, ignore_fraction=0.2, dtype=torch.float64)
+    value = get_loss("lovasz", classes=classes, per_image=per_image)(logits, labels)
+    expected = reference_lovasz_softmax(probabilities(logits), labels, classes=classes, per_image=per_image)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10, abs=1e-12)
+
+
+def test_lovasz_per_image_skips_fully_ignored_images_unlike_the_reference_mean():
+    """The reference averages over all images (a fully ignored one adds 0); ours divides by labelled images."""
+    logits, labels = make_batch(3, 4, (5, 4), seed=5, dtype=torch.float64)
+    labels[2] = -100
+    value = get_loss("lovasz")(logits, labels)
+    expected = reference_lovasz_softmax(probabilities(logits), labels, per_image=True) * 3 / 2
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_lovasz_gradient_equals_reference_gradient():
+    logits, labels = make_batch(2, 3, (4, 4), seed=2, ignore_fraction=0.2, dtype=torch.float64)
+    logits.requires_grad_()
+    (grad,) = torch.autograd.grad(get_loss("lovasz", per_image=False)(logits, labels), logits)
+    (expected,) = torch.autograd.grad(reference_lovasz_softmax(probabilities(logits), labels), logits)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_tversky_with_equal_weights_is_dice_and_focal_tversky_with_gamma_one_is_tversky():
+    logits, labels = make_batch(seed=4, ignore_fraction=0.2)
+    for per_image in (True, False):
+        dice = get_loss("dice", per_image=per_image)(logits, labels)
+        tversky = get_loss("tversky", alpha=0.5, beta=0.5, per_image=per_image)(logits, labels)
+        torch.testing.assert_close(tversky, dice)
+        torch.testing.assert_close(
+            get_loss("focal_tversky", gamma=1.0, alpha=0.2, beta=0.8, per_image=per_image)(logits, labels),
+            get_loss("tversky", alpha=0.2, beta=0.8, per_image=per_image)(logits, labels))
+
+
+def test_include_background_has_no_effect_with_one_sigmoid_channel():
+    logits, labels = make_batch(2, 1, (4, 4), seed=6)
+    for name in ALL_LOSSES:
+        torch.testing.assert_close(get_loss(name, include_background=False)(logits, labels),
+                                   get_loss(name)(logits, labels))
+
+
+def test_logits_without_spatial_dims_are_one_pixel_images():
+    logits, labels = make_batch(5, 3, (), seed=8)
+    expected = get_loss("dice")(logits.unsqueeze(-1), labels.unsqueeze(-1))
+    torch.testing.assert_close(get_loss("dice")(logits, labels), expected)
+
+
+# ------------------------------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("with_ignored", [False, True])
+def test_fused_softmax_statistics_gradcheck(with_ignored):
+    logits, labels = make_batch(2, 3, (4,), seed=1, ignore_fraction=0.3 if with_ignored else 0.0,
+                                dtype=torch.float64)
+    valid = (labels != -100) if with_ignored else None
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: _SoftmaxOverlap.apply(z, labels, valid)[:2], (logits,))
+
+
+def test_fused_statistics_equal_one_hot_autograd():
+    logits, labels = make_batch(3, 5, (6, 2), seed=9, ignore_fraction=0.3, dtype=torch.float64)
+    logits = logits.reshape(3, 5, -1).requires_grad_()
+    labels = labels.reshape(3, -1)
+    valid = labels != -100
+    tp, pred, target = overlap_statistics(logits, labels, valid)
+    probs = torch.softmax(logits, 1) * valid.unsqueeze(1)
+    onehot = torch.nn.functional.one_hot(labels.clamp(min=0), 5).movedim(-1, 1) * valid.unsqueeze(1)
+    torch.testing.assert_close(tp, (probs * onehot).sum(2))
+    torch.testing.assert_close(pred, probs.sum(2))
+    torch.testing.assert_close(target, onehot.sum(2).to(target.dtype))
+    weights = torch.randn(2, 3, 5, dtype=torch.float64)
+    grad = torch.autograd.grad((weights[0] * tp + weights[1] * pred).sum(), logits)[0]
+    expected = torch.autograd.grad((weights[0] * (probs * onehot).sum(2) + weights[1] * probs.sum(2)).sum(), logits)[0]
+    torch.testing.assert_close(grad, expected)
+
+
+GRADCHECK_CASES = [(name, per_image, c) for name in ALL_LOSSES for per_image in (True, False) for c in (1, 3)]
+
+
+@pytest.mark.parametrize("name,per_image,c", GRADCHECK_CASES)
+def test_gradcheck_float64(name, per_image, c):
+    logits, labels = make_batch(2, c, (2, 3), seed=12 + c, ignore_fraction=0.2, dtype=torch.float64)
+    loss = get_loss(name, per_image=per_image)
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: loss(z, labels), (logits,))
+
+
+# ------------------------------------------------------------------------------------------ reduction contract
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_per_image_is_decomposable_over_micro_batches(name):
+    logits, labels = make_batch(6, 3, (4, 4), seed=13, ignore_fraction=0.2)
+    labels[2] = -100  # a fully ignored image is not an item
+    loss = get_loss(name)
+    whole = loss(logits, labels)
+    total_items = loss.num_items(labels)
+    assert total_items["sample"].item() == 5
+    parts = [loss(logits[i:i + 2], labels[i:i + 2], num_items_in_batch=total_items) for i in range(0, 6, 2)]
+    torch.testing.assert_close(sum(parts), whole, rtol=1e-6, atol=1e-6)
+    counts = sum(loss.num_items(labels[i:i + 2])["sample"] for i in range(0, 6, 2))
+    assert counts.item() == 5
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("smooth", [None, 0.0])
+@pytest.mark.parametrize("c", [1, 3])
+def test_all_ignored_batch_gives_zero_and_zero_gradient(name, per_image, smooth, c):
+    if name == "lovasz" and smooth is not None:
+        pytest.skip("lovasz has no smooth")
+    logits, labels = make_batch(2, c, (3, 3), seed=14)
+    labels.fill_(-100)
+    kwargs = {} if smooth is None else {"smooth": smooth}
+    if name == "focal_tversky":
+        kwargs["gamma"] = 0.5  # the infinite slope of x**0.5 at 0 must not leak
+    logits.requires_grad_()
+    value = get_loss(name, per_image=per_image, **kwargs)(logits, labels)
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("name", OVERLAP_LOSSES)
+def test_smooth_zero_with_absent_class_and_partly_ignored_image_is_finite(name):
+    logits, labels = make_batch(2, 3, (3, 3), seed=15)
+    labels[0] = -100
+    labels[1] = 1
+    logits.requires_grad_()
+    value = get_loss(name, smooth=0.0)(logits, labels)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_image", [True, False])
+def test_half_precision_logits_give_float32_close_to_float32(name, dtype, per_image):
+    logits, labels = make_batch(2, 3, (8, 8), seed=16, ignore_fraction=0.1)
+    loss = get_loss(name, per_image=per_image)
+    half = logits.to(dtype).requires_grad_()
+    value = loss(half, labels)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert half.grad.dtype == dtype and torch.isfinite(half.grad.float()).all()
+    torch.testing.assert_close(value, loss(logits.to(dtype).float(), labels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(value, loss(logits, labels), rtol=0, atol=2e-2)
+
+
+def test_autocast_bf16_computes_in_float32():
+    logits, labels = make_batch(2, 3, (8, 8), seed=17)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = get_loss("dice")(logits, labels)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, get_loss("dice")(logits, labels))
+
+
+# ------------------------------------------------------------------------------------------ bad input
+BAD_CONSTRUCTION = [
+    ("dice", {"smooth": -1.0}, ValueError, "`smooth` must be in [0, inf], got -1"),
+    ("tversky", {"alpha": -0.1}, ValueError, "`alpha` must be in [0, inf], got -0.1"),
+    ("tversky", {"beta": -2}, ValueError, "`beta` must be in [0, inf], got -2"),
+    ("tversky", {"alpha": 0.0, "beta": 0.0}, ValueError, "`alpha` + `beta` must be > 0"),
+    ("focal_tversky", {"gamma": -1.0}, ValueError, "`gamma` must be in (0, inf], got -1"),
+    ("focal_tversky", {"gamma": 0.0}, ValueError, "`gamma` must be in (0, inf], got 0"),
+    ("focal_tversky", {"alpha": 0, "beta": 0}, ValueError, "`alpha` + `beta` must be > 0"),
+    ("lovasz", {"classes": "some"}, TypeError, "parameter 'classes' must be one of 'present', 'all', got str 'some'"),
+    ("lovasz", {"smooth": 1.0}, ValueError, "unknown parameter 'smooth'"),
+    ("dice", {"per_image": "yes"}, TypeError, "parameter 'per_image' must be bool"),
+    ("dice", {"smoth": 1.0}, ValueError, "Did you mean 'smooth'?"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,error,message", BAD_CONSTRUCTION)
+def test_bad_parameters_raise_naming_the_loss_and_parameter(name, kwargs, error, message):
+    with pytest.raises(error) as info:
+        get_loss(name, **kwargs)
+    assert message in str(info.value) and name in str(info.value)
+
+
+def test_direct_construction_validates_too():
+    from hf_losses.losses.segmentation import LovaszSoftmaxLoss, TverskyLoss
+
+    with pytest.raises(ValueError, match=r"loss 'lovasz': `classes` must be one of \['present', 'all'\], got 'some'"):
+        LovaszSoftmaxLoss(classes="some")
+    with pytest.raises(TypeError, match="loss 'tversky': `per_image` must be True or False, got 1"):
+        TverskyLoss(per_image=1)
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_bad_inputs_raise_before_computing(name):
+    loss = get_loss(name)
+    logits, labels = make_batch(2, 3, (4, 4))
+    bad = labels.clone()
+    bad[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"must be in \[0, 3\) or ignore_index=-100; found 3"):
+        loss(logits, bad)
+    with pytest.raises(ValueError, match=r"`labels` shape \(2, 4, 5\) does not match logits \(2, 3, 4, 4\)"):
+        loss(logits, torch.zeros(2, 4, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="`labels` must hold integer class indices"):
+        loss(logits, labels.float())
+    binary_logits, binary_labels = make_batch(2, 1, (4, 4))
+    binary_labels[1, 2, 2] = 2
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\) or ignore_index=-100; found 2"):
+        loss(binary_logits, binary_labels)
+    with pytest.raises(ValueError, match=r"`labels` shape \(2, 4\) does not match logits \(2, 1, 4, 4\)"):
+        loss(binary_logits, binary_labels[:, 0])
