@@ -45,18 +45,32 @@ class LaunchConfigFiles:
 
     accelerate_config: Path
     deepspeed_config: Path | None
+    #: the YAML's distributed_type
     distributed_type: str
+    #: what the training processes run as (MULTI_CPU for CPU processes)
+    runs_as: str
 
 
 def distributed_type_for(*, num_processes: int, use_cpu: bool, zero_stage: int | None, fsdp: bool) -> str:
-    """The accelerate ``distributed_type`` these settings mean (DEEPSPEED, FSDP, MULTI_CPU, MULTI_GPU or NO)."""
+    """The ``distributed_type`` written into the accelerate YAML (DEEPSPEED, FSDP, MULTI_GPU or NO).
+
+    Several CPU processes are written as MULTI_GPU with ``use_cpu: true``: ``accelerate launch`` starts local
+    processes (through torchrun) only for multi-GPU-type configs -- its MULTI_CPU type launches through
+    ``mpirun`` and otherwise starts ONE process. The processes then run as MULTI_CPU with gloo because
+    ``LossTrainingArguments`` selects ``use_cpu`` and gloo on a machine without GPUs (see :func:`runs_as`).
+    """
     if zero_stage is not None:
         return "DEEPSPEED"
     if fsdp:
         return "FSDP"
     if num_processes > 1:
-        return "MULTI_CPU" if use_cpu else "MULTI_GPU"
+        return "MULTI_GPU"
     return "NO"
+
+
+def runs_as(distributed_type: str, *, use_cpu: bool) -> str:
+    """The distributed type the training processes get at run time (``Accelerator.distributed_type``)."""
+    return "MULTI_CPU" if distributed_type == "MULTI_GPU" and use_cpu else distributed_type
 
 
 def deepspeed_config(zero_stage: ZeroStage = 2, *, offload: bool = False,
@@ -222,7 +236,7 @@ def write_launch_config(output_dir: str | Path, *, num_processes: int = 1, num_m
         output_dir: folder to write into (created if missing).
         num_processes: total processes over all machines (GPUs, or CPU processes with ``use_cpu``).
         num_machines: nodes; ``num_processes`` must be a multiple of it.
-        use_cpu: CPU processes with gloo (``MULTI_CPU``); not with DeepSpeed (which finds the CPU by itself and
+        use_cpu: CPU processes with gloo (run as ``MULTI_CPU``); not with DeepSpeed (which finds the CPU by itself and
             needs ``ddp_backend="gloo"``, chosen by ``LossTrainingArguments``) nor FSDP (Accelerate would
             silently run DDP).
         zero_stage: ``None`` = no DeepSpeed; 0, 1, 2 or 3 = DeepSpeed with that ZeRO stage.
@@ -259,7 +273,8 @@ def write_launch_config(output_dir: str | Path, *, num_processes: int = 1, num_m
     yaml_path.write_text(render_yaml(config, _header(config, zero_stage=zero_stage, offload=offload,
                                                      mixed_precision=mixed_precision),
                                      _comments(config)))
-    return LaunchConfigFiles(yaml_path, json_path, config["distributed_type"])
+    return LaunchConfigFiles(yaml_path, json_path, config["distributed_type"],
+                             runs_as(config["distributed_type"], use_cpu=use_cpu))
 
 
 # ------------------------------------------------------------------ the files shipped in configs/
@@ -360,8 +375,9 @@ def _header(config: Mapping[str, Any], *, zero_stage: int | None, offload: bool,
     processes, machines = config["num_processes"], config["num_machines"]
     what = {
         "NO": "one process (one GPU, or the CPU when none is present)",
-        "MULTI_CPU": f"{processes} CPU processes on this machine, gloo backend (no GPU needed)",
-        "MULTI_GPU": f"DDP over {processes} GPUs" + (f" on {machines} machines" if machines > 1 else ""),
+        "MULTI_GPU": (f"DDP over {processes} CPU processes on this machine, gloo backend (no GPU needed)"
+                      if config.get("use_cpu") else
+                      f"DDP over {processes} GPUs" + (f" on {machines} machines" if machines > 1 else "")),
         "FSDP": f"PyTorch FSDP2 over {processes} GPUs (full sharding; needs GPUs: with use_cpu Accelerate runs DDP)",
         "DEEPSPEED": f"DeepSpeed ZeRO-{zero_stage}{' with CPU offload' if offload else ''} over {processes} "
                      f"processes (GPUs; on a machine without GPUs: CPU + gloo)",
@@ -373,6 +389,14 @@ def _header(config: Mapping[str, Any], *, zero_stage: int | None, offload: bool,
     ]
     if kind != "NO":
         lines.append("`--num_processes N` on the command line overrides num_processes below.")
+    if kind == "MULTI_GPU" and config.get("use_cpu"):
+        lines += [
+            "distributed_type is MULTI_GPU on purpose: only then does accelerate launch start the local processes",
+            "(torchrun); its MULTI_CPU type needs mpirun and otherwise starts ONE process. The processes run as",
+            "MULTI_CPU (DDP over gloo) because LossTrainingArguments picks use_cpu=True and ddp_backend=gloo when",
+            "the machine has no GPU. On a machine with GPUs, or with the stock TrainingArguments, pass",
+            "--use_cpu --ddp_backend gloo to the training script (accelerate does not forward use_cpu here).",
+        ]
     if kind == "DEEPSPEED":
         lines.append("Batch sizes, gradient accumulation, clipping and precision live in the JSON" + (
             ' as "auto": they come' if mixed_precision == "auto" else ""))
@@ -404,7 +428,7 @@ def _comments(config: Mapping[str, Any]) -> dict[str, str]:
             "wraps each block listed in the model's _no_split_modules; add fsdp_transformer_layer_cls_to_wrap to "
             "name them yourself.")
     if config.get("use_cpu"):
-        notes["use_cpu"] = "CPU processes over gloo: for a laptop or CI machine without GPUs."
+        notes["use_cpu"] = "documents the intent; the training arguments decide (see the header)."
     return notes
 
 

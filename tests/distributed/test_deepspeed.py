@@ -5,12 +5,14 @@ settings in the same processes, see the worker).
 Properties: the gradient DeepSpeed holds at the accumulation boundary equals the plain single-process gradient of
 the global mean loss over the same 8 examples (relative error <= 1e-5), for losses with uneven item counts per
 process and for the model's own loss; clipping makes the norm the optimizer sees equal ``max_grad_norm``; and the
-run really was DeepSpeed (distributed type, world size, engine, ZeRO stage, sharding, parameter dtype).
+run really was DeepSpeed (distributed type, world size, engine, ZeRO stage, sharding, parameter dtype). bf16 on CPU
+trains with bfloat16 parameters and finite losses.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def results() -> dict[tuple[str, str], dict]:
         env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}, timeout=840)
     records = multiprocess.read_json_lines(completed.stdout)
     by_case = {(record["config"], record["case"]): record for record in records}
-    assert len(by_case) == len(records) == 10, completed.stdout[-3000:]
+    assert len(by_case) == len(records) == 12, completed.stdout[-3000:]
     return by_case
 
 
@@ -104,3 +106,14 @@ def test_losses_are_finite_and_equal_across_stages(results, config):
     for case in GRADIENT_CASES:
         assert results[(config, case)]["losses"] == pytest.approx(results[("deepspeed_zero2", case)]["losses"],
                                                                  rel=1e-5)
+
+
+@pytest.mark.parametrize("config", sorted(STAGES))
+def test_bf16_on_cpu_trains_with_bfloat16_parameters_and_finite_losses(results, config):
+    record = results[(config, "bf16_train")]
+    assert record["distributed_type"] == "DEEPSPEED" and record["wrapper"] == "DeepSpeedEngine"
+    assert record["world_size"] == 2 and record["zero_stage"] == STAGES[config]
+    assert record["parameter_dtype"] == "bfloat16"
+    losses = record["losses"]
+    assert len(losses) == 3 and all(math.isfinite(value) for value in losses)
+    assert losses[-1] < losses[0]  # lr 1e-2 on the same 8 examples: it learns

@@ -47,8 +47,10 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 # name -> (distributed_type, num_processes, num_machines, use_cpu, mixed_precision, DeepSpeed JSON or None)
+# (cpu_multiprocess says MULTI_GPU so that `accelerate launch` starts 2 local processes; they run as MULTI_CPU,
+# which tests/distributed/test_clipping_precision.py asserts on the real run)
 ACCELERATE_TABLE = {
-    "cpu_multiprocess": ("MULTI_CPU", 2, 1, True, "no", None),
+    "cpu_multiprocess": ("MULTI_GPU", 2, 1, True, "no", None),
     "single_gpu": ("NO", 1, 1, False, "no", None),
     "multi_gpu_ddp": ("MULTI_GPU", 8, 1, False, "no", None),
     "fsdp": ("FSDP", 8, 1, False, "no", None),
@@ -186,7 +188,7 @@ def test_deepspeed_json_fills_auto_from_training_arguments(name, precision):
 # ------------------------------------------------------------------ the writer
 WRITER_TABLE = [
     # kwargs, distributed_type, writes JSON
-    (dict(num_processes=2, use_cpu=True), "MULTI_CPU", False),
+    (dict(num_processes=2, use_cpu=True), "MULTI_GPU", False),
     (dict(num_processes=1), "NO", False),
     (dict(num_processes=4), "MULTI_GPU", False),
     (dict(num_processes=4, fsdp=True), "FSDP", False),
@@ -204,6 +206,7 @@ def test_writer_output_parses_to_requested_settings(tmp_path, kwargs, distribute
 
     written = config_writer.write_launch_config(tmp_path, **kwargs)
     assert written.distributed_type == distributed_type
+    assert written.runs_as == ("MULTI_CPU" if kwargs.get("use_cpu") else distributed_type)
     config = load_config_from_file(str(written.accelerate_config))
     assert config.distributed_type.value == distributed_type
     assert config.num_processes == kwargs.get("num_processes", 1)

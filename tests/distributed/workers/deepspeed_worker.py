@@ -40,13 +40,19 @@ def use_accelerate_config(name: str) -> None:
     os.environ["ACCELERATE_DEEPSPEED_ZERO3_INIT"] = str(config.deepspeed_config["zero3_init_flag"]).lower()
 
 
+# bf16 on CPU: TrainingArguments accept bf16 without a GPU only with use_cpu=True; DeepSpeed still runs (measured)
+BF16_SETTINGS = dict(bf16=True, use_cpu=True, learning_rate=1e-2, max_steps=3, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=1)
+
+
 def run_case(stage_config: str, name: str, task: str, loss_type: str, loss_kwargs: dict, batch: int,
-             accumulation: int, max_grad_norm: float, output_dir: str) -> dict:
+             accumulation: int, max_grad_norm: float, output_dir: str, **overrides: object) -> dict:
     from hf_losses import LossTrainer
 
-    args = support.training_arguments(os.path.join(output_dir, name), per_device_train_batch_size=batch,
-                                      gradient_accumulation_steps=accumulation, max_grad_norm=max_grad_norm,
-                                      loss_type=loss_type, loss_kwargs=loss_kwargs)
+    settings = dict(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                    max_grad_norm=max_grad_norm, loss_type=loss_type, loss_kwargs=loss_kwargs)
+    settings.update(overrides)
+    args = support.training_arguments(os.path.join(output_dir, name), **settings)
     trainer = LossTrainer(model=support.build_model(task), args=args, train_dataset=support.build_dataset(task))
     probe = support.DeepSpeedProbe()
     probe.attach(trainer)
@@ -82,6 +88,11 @@ def main() -> None:
                     continue
                 record = run_case(stage_config, name, task, loss_type, {}, 2, 2, max_grad_norm, output_dir)
                 record["max_grad_norm"] = max_grad_norm
+                if support.is_main():
+                    support.emit(record)
+            if not only or "bf16_train" in only:
+                record = run_case(stage_config, "bf16_train", "token_classification", "cross_entropy", {}, 2, 1,
+                                  1.0, output_dir, **BF16_SETTINGS)
                 if support.is_main():
                     support.emit(record)
 
