@@ -77,3 +77,24 @@ def test_trainable_loss_parameters_are_reduced_across_processes(two_process_run)
         assert relative_error(gradients[f"trainable|{configuration}|loss_grad"], loss_reference) <= TOLERANCE
     expected_after = torch.cat([(p.detach() - 0.5 * p.grad).reshape(-1).double() for p in loss.parameters()])
     assert torch.allclose(gradients["trainable|2x2|params_after_step"], expected_after, atol=1e-6)
+
+
+def test_components_are_averaged_across_processes(two_process_run):
+    """Each process sees 4 of the 8 samples; the logged loss/<name> is the global mean over all 8."""
+    from hf_losses import get_loss
+    from hf_losses.tasks import build_task
+    from tiny_tasks import build_model
+
+    data, _ = two_process_run
+    (entry,) = data["logs"]
+    task = "sequence_classification"
+    examples = as_batch(task, 8)
+    model = build_model(task)
+    loss = get_loss("0.3*cross_entropy+0.7*focal")
+    with torch.no_grad():
+        logits, labels = build_task(task, model).read(model(**{k: v for k, v in examples.items() if k != "labels"}),
+                                                      examples)
+        total = loss(logits, labels)
+    for name, value in loss.last_components.items():
+        assert entry[f"loss/{name}"] == pytest.approx(float(value), rel=1e-5)
+    assert entry["loss"] == pytest.approx(float(total), rel=1e-4)

@@ -83,8 +83,12 @@ def main() -> None:
             assert all(torch.equal(gathered[0], other) for other in gathered), "loss parameters diverged across ranks"
             assert "hf_losses_loss." + next(iter(dict(trainer.loss.named_parameters()))) in \
                 dict(trainer.model.named_parameters())
+        # component logging across processes: one optimizer step over the 8 samples, logged at every step
+        _, trainer = trainer_gradients("sequence_classification", "0.3*cross_entropy+0.7*focal", {}, 8, 2, 2,
+                                       directory, use_cpu=False, logging_strategy="steps", logging_steps=1)
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     if dist.get_rank() == 0:
-        torch.save({"gradients": results, "skipped": skipped, "seen": seen}, output)
+        torch.save({"gradients": results, "skipped": skipped, "seen": seen, "logs": logs}, output)
     print("RESULT " + json.dumps({"rank": dist.get_rank(), **seen, "cases": len(results)}), flush=True)
     dist.barrier()
     dist.destroy_process_group()
