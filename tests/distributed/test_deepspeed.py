@@ -117,3 +117,18 @@ def test_bf16_on_cpu_trains_with_bfloat16_parameters_and_finite_losses(results, 
     losses = record["losses"]
     assert len(losses) == 3 and all(math.isfinite(value) for value in losses)
     assert losses[-1] < losses[0]  # lr 1e-2 on the same 8 examples: it learns
+
+
+def test_single_process_deepspeed_started_with_plain_python_runs():
+    # upstream: "No module named 'mpi4py'"; LossTrainingArguments' launch check sets RANK=0, WORLD_SIZE=1, ...
+    pytest.importorskip("deepspeed")
+    multiprocess = _multiprocess_module()
+    completed = multiprocess.launch(HERE / "workers" / "deepspeed_single_worker.py", launcher="python",
+                                    env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")},
+                                    timeout=600)
+    (record,) = multiprocess.read_json_lines(completed.stdout)
+    assert record["absent_before"] == ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+    assert record["world_size_env"] == "1"
+    assert record["distributed_type"] == "DEEPSPEED" and record["wrapper"] == "DeepSpeedEngine"
+    assert record["world_size"] == 1 and record["zero_stage"] == 2 and record["steps"] == 1
+    assert record["relative_error"] <= 1e-5

@@ -266,7 +266,9 @@ def clean_launch_env(monkeypatch):
                  "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "ACCELERATE_USE_FSDP", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                  "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE",
                  "PMIX_RANK"):
-        monkeypatch.delenv(name, raising=False)
+        # set first so that monkeypatch records the original state and undoes what check_launch_config sets
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
@@ -366,6 +368,12 @@ def test_single_process_deepspeed_gets_rendezvous_variables(clean_launch_env):
     check_launch_config(trainer_args(deepspeed=str(CONFIGS / "deepspeed" / "zero2.json")))
     assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("0", "0", "1")
     assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
+
+
+def test_launch_check_leaves_no_rendezvous_variables_behind_after_the_tests():
+    # the fixture's undo must remove what check_launch_config set (a stray RANK would make Accelerate think
+    # every later test runs distributed)
+    assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
 
 
 def test_rendezvous_left_alone_under_a_launcher_or_without_deepspeed(clean_launch_env):
