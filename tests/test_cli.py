@@ -13,6 +13,7 @@ import yaml
 
 from hf_losses import describe_loss, list_losses
 from hf_losses.launch.cli import main
+from hf_losses.launch.config_writer import distributed_type_for, runs_as
 from hf_losses.launch.plotting import curve_keys, plot_run, read_log_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +90,9 @@ def test_config_writes_a_cpu_multiprocess_yaml_without_deepspeed_json(capsys, tm
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu_multiprocess.yaml"]
     config = yaml.safe_load((tmp_path / "cpu_multiprocess.yaml").read_text())
-    assert (config["distributed_type"], config["use_cpu"], config["num_processes"]) == ("MULTI_CPU", True, 2)
+    expected_type = distributed_type_for(num_processes=2, use_cpu=True, zero_stage=None, fsdp=False)
+    assert (config["distributed_type"], config["use_cpu"], config["num_processes"]) == (expected_type, True, 2)
+    assert runs_as(expected_type, use_cpu=True) == "MULTI_CPU"
 
 
 def write_run(run_dir: Path) -> Path:

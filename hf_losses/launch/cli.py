@@ -67,7 +67,9 @@ def _config(args: argparse.Namespace) -> None:
             name=args.name, main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
     except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
-    print(f"wrote {files.accelerate_config} ({files.distributed_type})")
+    runs_as = getattr(files, "runs_as", files.distributed_type)
+    kind = files.distributed_type if runs_as == files.distributed_type else f"{files.distributed_type}, runs as {runs_as}"
+    print(f"wrote {files.accelerate_config} ({kind})")
     if files.deepspeed_config is not None:
         print(f"wrote {files.deepspeed_config}")
     print(f"run: accelerate launch --config_file {files.accelerate_config} train.py --output_dir out ...")
