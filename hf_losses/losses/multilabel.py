@@ -25,8 +25,8 @@ def check_binary_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
     """Targets must lie in [0, 1] (soft labels allowed) or equal ``ignore_index``."""
     if labels.numel() == 0:
         return
-    low, high = labels.aminmax()
-    if low >= 0 and high <= 1:  # one pass in the common case
+    low, high = torch.stack(labels.aminmax()).tolist()  # one pass and one device sync in the common case
+    if low >= 0 and high <= 1:
         return
     bad = ((labels < 0) | (labels > 1) | labels.isnan()) & (labels != ignore_index)
     if bad.any():
