@@ -108,7 +108,7 @@ class DiagnosisArguments:
 DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/medical_diagnosis",
     "loss_type": "fn_penalty",
-    "num_train_epochs": 10.0,
+    "num_train_epochs": 20.0,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 256,
     "learning_rate": 1e-3,
