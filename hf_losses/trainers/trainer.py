@@ -267,7 +267,7 @@ class LossTrainer(Trainer):
             loss_fn.set_step(self.state.global_step)
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "shift_labels")}
         if getattr(loss_fn, "takes_hidden_states", False):
-            hidden_states, weight, bias = _hidden_states_and_head(model, model_inputs)
+            hidden_states, weight, bias = _hidden_states_and_head(model, model_inputs, loss_fn)
             loss = loss_fn(hidden_states, inputs.get("labels"), weight=weight, bias=bias,
                            num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
             outputs = {"last_hidden_state": hidden_states}
@@ -406,7 +406,8 @@ class LossTrainer(Trainer):
         super()._push_from_checkpoint(checkpoint_folder)
 
 
-def _hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+def _hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any],
+                            loss: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
     """Final hidden states and LM head ``(weight, bias)`` without computing the logits.
 
     Uses ``hf_losses.trainers.hidden_states.lm_hidden_states_and_head`` (DDP, DeepSpeed, PEFT, soft-capping...);
@@ -417,7 +418,7 @@ def _hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any]) -> tupl
         if error.name != "hf_losses.trainers.hidden_states":
             raise
     else:
-        return lm_hidden_states_and_head(model, inputs)
+        return lm_hidden_states_and_head(model, inputs, loss=loss)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if head is None or base is None or base is model:

@@ -9,15 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from exactness_cases import LOSS_KWARGS, cases, ignored_labels, kwargs_for, num_classes, reference_loss
-from tiny_tasks import (
-    as_batch,
-    build_dataset,
-    build_model,
-    flat_grad,
-    relative_error,
-    reference_gradient,
-    trainer_gradients,
-)
+from tiny_tasks import as_batch, reference_gradient, relative_error, trainer_gradients
 
 from hf_losses import describe_loss, list_losses
 
