@@ -187,12 +187,13 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
 
     base_space = default_search_space(setting.loss_type)
     composite = "+" in setting.loss_type or "*" in setting.loss_type
-    trials: list[dict[str, Any]] = []
+    trials: dict[int, dict[str, Any]] = {}
 
     def hp_space(trial: Any) -> dict[str, Any]:
         params = base_space(trial) if composite else base_space(trial, setting.loss_kwargs)
-        if not isinstance(trial, _FixedTrial):
-            trials.append({"trial": len(trials), "params": dict(trial.params), "objective": None})
+        number = getattr(trial, "number", None)
+        if isinstance(trial, optuna.Trial) and number not in trials:
+            trials[number] = {"trial": number, "params": dict(trial.params), "objective": None}
         return params
 
     def objective(metrics: Mapping[str, float]) -> float:
@@ -200,12 +201,13 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
         if key not in metrics:
             raise KeyError(f"tuning objective '{objective_metric}' is not among the eval metrics {sorted(metrics)}.")
         if trials:
-            trials[-1]["objective"] = float(metrics[key])
+            trials[max(trials)]["objective"] = float(metrics[key])
         return float(metrics[key])
 
     tune_args = dataclasses.replace(with_loss(args, setting, Path(args.output_dir) / "tuning"),
                                     save_strategy="no", report_to=[])
     trainer = make_trainer(tune_args)
+    _apply_trial_before_model_init(trainer, hp_space)
     best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective, n_trials=n_trials,
                                          direction=direction, backend="optuna",
                                          sampler=optuna.samplers.TPESampler(seed=seed))
@@ -214,7 +216,28 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
     tuned = LossSetting("", chosen.get("loss_type", setting.loss_type),
                         dict(chosen.get("loss_kwargs", setting.loss_kwargs)), setting.class_weights)
     tuned.label = "tuned " + tuned.describe()
-    return tuned, trials
+    return tuned, [trials[number] for number in sorted(trials)]
+
+
+def _apply_trial_before_model_init(trainer: Any, hp_space: Callable[[Any], dict[str, Any]]) -> None:
+    """Put the trial's parameters into ``trainer.args`` before ``model_init`` runs.
+
+    ``Trainer.train(trial=...)`` calls ``model_init`` -- where LossTrainer builds the loss for the new model --
+    *before* ``_hp_search_setup`` copies the trial's parameters into the arguments, so without this each trial
+    would train with the previous trial's loss parameters. Setting them twice is harmless (same values).
+    """
+    import inspect
+
+    original = trainer.model_init
+    takes_trial = len(inspect.signature(original).parameters) >= 1
+
+    def model_init(trial: Any = None) -> Any:
+        if trial is not None and not isinstance(trial, dict):
+            for key, value in hp_space(trial).items():
+                setattr(trainer.args, key, value)
+        return original(trial) if takes_trial else original()
+
+    trainer.model_init = model_init
 
 
 def _broadcast(value: Any) -> Any:

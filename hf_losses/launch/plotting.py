@@ -116,7 +116,8 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], output
         axis.set_title(key)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_lines():
+            axis.legend(fontsize=8)
     if title:
         figure.suptitle(title)
     return _save(plt, figure, Path(output))
