@@ -134,8 +134,11 @@ class LossTrainer(Trainer):
                            "stock Trainer's loss handling is used unchanged (not rescaled by hf-losses).")
         else:
             # our losses (and the rescaled model loss) are normalised by the step's global item count; losses
-            # with whole-batch statistics keep the stock division by the accumulation steps
+            # with whole-batch statistics keep the stock division by the accumulation steps. Older transformers
+            # (no `loss_is_scaled_for_ga`) skip that division when the model "accepts loss kwargs" and a count is
+            # passed -- which LossTrainer does exactly for decomposable losses.
             self.loss_is_scaled_for_ga = self._decomposable
+            self.model_accepts_loss_kwargs = True
         self._attach_loss(model)
         self._loss_config = loss_config(self.loss, loss_type if self.loss is not None else "auto",
                                         resolved_kwargs if self._explicit_loss is None else user_kwargs,
@@ -203,6 +206,12 @@ class LossTrainer(Trainer):
         if getattr(self.loss, "takes_hidden_states", False):
             return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels")))
         return dict(self.loss.num_items(self.task.loss_labels(batch)))
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> tuple[list, Any]:
+        batch_samples, num_items_in_batch = super().get_batch_samples(*args, **kwargs)
+        if not self._stock and not hasattr(Trainer, "_get_num_items_in_batch"):  # older transformers count inline
+            num_items_in_batch = self._get_num_items_in_batch(batch_samples, self.args.device)
+        return batch_samples, num_items_in_batch
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
         """``{item_unit: count}`` of the whole accumulation window, summed across processes (None for losses

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import datasets
 import torch
 from transformers import (
     BertConfig,
@@ -126,7 +125,10 @@ def _pool_columns(task: str, num_samples: int, seed: int, ignored: bool, num_lab
 
 
 def build_dataset(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
-                  num_labels: int = NUM_LABELS) -> datasets.Dataset:
+                  num_labels: int = NUM_LABELS) -> Any:
+    """A ``datasets.Dataset`` of the first ``num_samples`` examples."""
+    import datasets
+
     return datasets.Dataset.from_dict(build_columns(task, num_samples, seed, ignored, num_labels))
 
 
