@@ -39,74 +39,37 @@ DEFAULT_SMOOTH = 1e-5
 
 
 # ------------------------------------------------------------------------------------------ statistics
-class _SoftmaxOverlap(torch.autograd.Function):
-    """Per-image, per-class ``(tp, pred_sum, target_sum)`` of softmax probabilities, with a fused backward.
-
-    ``tp[n, c] = sum_x p[n, c, x] * [y_x = c] * v_x``, ``pred_sum[n, c] = sum_x p[n, c, x] * v_x`` and
-    ``target_sum[n, c] = sum_x [y_x = c] * v_x`` (``v`` = not ignored; ``valid=None``: every pixel counts).
-    Autograd through softmax, one-hot, products and sums makes about ten passes over the ``(N, C, P)``
-    probabilities; with ``a = dL/dtp`` and ``b = dL/dpred_sum`` the gradient w.r.t. the logits is, in closed
-    form (softmax backward ``p * (g - sum_c p g)`` of ``g[c] = v * (b[c] + [c = y] a[c])``),
-    ``dz[c] = p[c] * (v * b[c] - s) + [c = y] * v * p[y] * a[y]`` with ``s = v * (sum_c p[c] b[c] + p[y] a[y])``.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        probs = torch.softmax(logits, dim=1)
-        if valid is None:
-            safe_labels, valid_float = labels, None
-            true_probs = probs.gather(1, labels.unsqueeze(1)).squeeze(1)
-            counts = torch.ones(1, dtype=probs.dtype, device=probs.device).expand(labels.shape)
-            pred_sum = probs.sum(2)
-        else:
-            safe_labels = labels.masked_fill(~valid, 0)
-            valid_float = counts = valid.to(probs.dtype)
-            true_probs = probs.gather(1, safe_labels.unsqueeze(1)).squeeze(1) * valid_float
-            pred_sum = torch.bmm(probs, valid_float.unsqueeze(2)).squeeze(2)
-        zeros = probs.new_zeros(probs.shape[:2])
-        tp = zeros.scatter_add(1, safe_labels, true_probs)
-        target_sum = zeros.scatter_add(1, safe_labels, counts)
-        ctx.save_for_backward(probs, safe_labels, valid_float, true_probs)
-        ctx.mark_non_differentiable(target_sum)
-        return tp, pred_sum, target_sum
-
-    @staticmethod
-    def backward(ctx, grad_tp: Tensor, grad_pred: Tensor, _grad_target: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        probs, safe_labels, valid_float, true_probs = ctx.saved_tensors
-        true_term = true_probs * grad_tp.contiguous().gather(1, safe_labels)  # v * p[y] * a[y]   (N, P)
-        s = torch.bmm(grad_pred.contiguous().unsqueeze(1), probs).squeeze(1)  # sum_c p[c] b[c]   (N, P)
-        if valid_float is None:
-            grad_logits = probs * grad_pred.unsqueeze(2)
-            s = s + true_term
-        else:
-            grad_logits = probs * (grad_pred.unsqueeze(2) * valid_float.unsqueeze(1))
-            s = torch.addcmul(true_term, s, valid_float)
-        grad_logits.addcmul_(probs, s.unsqueeze(1), value=-1.0)
-        grad_logits.scatter_add_(1, safe_labels.unsqueeze(1), true_term.unsqueeze(1))
-        return grad_logits, None, None
-
-
 def class_probabilities(logits: Tensor) -> Tensor:
     """Softmax over dim 1 when ``C > 1``; sigmoid (binary, foreground probability) when ``C == 1``."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-def overlap_statistics(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft true positives, predicted mass and label count per image and class, each ``(N, C)``.
+def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``(N, C, P)`` float one-hot of ``(N, P)`` labels in ``[0, C)``; for ``C == 1`` the foreground (label 1)."""
+    if num_classes == 1:
+        return (labels == 1).unsqueeze(1).to(dtype)
+    onehot = torch.zeros((labels.shape[0], num_classes) + tuple(labels.shape[1:]), dtype=dtype, device=labels.device)
+    return onehot.scatter_(1, labels.unsqueeze(1), 1.0)
 
-    ``logits`` ``(N, C, P)`` (pixels flattened), ``labels`` and ``valid`` ``(N, P)``; ``valid=None`` means
-    every pixel counts. Ignored pixels count nowhere. Binary (``C == 1``): the one channel is the foreground
-    (label 1).
+
+def overlap_statistics(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Soft true positives ``sum_x p_c [y = c]``, predicted mass ``sum_x p_c`` and label count ``sum_x [y = c]``
+    per image and class, each ``(N, C)``.
+
+    ``logits`` ``(N, C, P)`` (pixels flattened), ``labels`` and ``valid`` ``(N, P)``; ``valid=None`` means every
+    pixel counts, otherwise pixels with ``valid`` False count nowhere. One softmax, one one-hot (a scatter into
+    distinct positions) and three sums, differentiated by autograd: measured on CPU (1 and 8 threads) and CUDA
+    as fast as or faster than a hand-fused backward with scatter-add or bincount grouping of ``p[y]``, which
+    serialize (CPU) or contend (CUDA atomics) on the C bins of each image.
     """
-    if logits.shape[1] > 1:
-        return _SoftmaxOverlap.apply(logits, labels, valid)
-    probs = torch.sigmoid(logits[:, 0])
-    target = (labels == 1).to(probs.dtype)
+    probs = class_probabilities(logits)
+    safe_labels = labels if valid is None else labels.masked_fill(~valid, 0)
+    target = one_hot_targets(safe_labels, logits.shape[1], probs.dtype)
     if valid is not None:
-        valid_float = valid.to(probs.dtype)
-        target = target * valid_float
+        valid_float = valid.unsqueeze(1).to(probs.dtype)
         probs = probs * valid_float
-    return (probs * target).sum(1, keepdim=True), probs.sum(1, keepdim=True), target.sum(1, keepdim=True)
+        target = target * valid_float
+    return (probs * target).sum(2), probs.sum(2), target.sum(2)
 
 
 def _ratio(numerator: Tensor, denominator: Tensor, smooth: float) -> Tensor:
@@ -422,17 +385,17 @@ class LovaszSoftmaxLoss(_SegmentationLoss):
         if valid is None:
             valid = torch.ones_like(labels, dtype=torch.bool)
         probs = class_probabilities(logits)
-        if probs.shape[1] == 1:
-            foreground = ((labels == 1) & valid).unsqueeze(1).to(probs.dtype)
-        else:
-            foreground = torch.zeros_like(probs).scatter_(1, labels.masked_fill(~valid, 0).unsqueeze(1), 1.0)
-            foreground = foreground * valid.unsqueeze(1).to(probs.dtype)
+        foreground = one_hot_targets(labels.masked_fill(~valid, 0), logits.shape[1], probs.dtype)
+        foreground = foreground * valid.unsqueeze(1).to(probs.dtype)
         probs, foreground = self._drop_background(probs, foreground)
         errors = (foreground - probs).abs()
         image_count = valid.any(dim=1).sum()
         if self.per_image:
             per_class = lovasz_from_errors(errors, foreground, valid.unsqueeze(1).expand_as(errors))  # (N, C)
-            present = foreground.sum(-1) > 0 if self.classes == "present" else valid.any(1, keepdim=True).expand_as(per_class)
+            if self.classes == "present":
+                present = foreground.sum(-1) > 0
+            else:
+                present = valid.any(1, keepdim=True).expand_as(per_class)
             return _class_mean(per_class, present).sum(), image_count
         # whole batch: the valid pixels of every image (and process) in one sort per class
         pixel_valid = valid.reshape(-1)
@@ -442,7 +405,10 @@ class LovaszSoftmaxLoss(_SegmentationLoss):
             errors = all_gather_with_grad(errors)
             foreground = gather_across_processes(foreground)
         per_class = lovasz_from_errors(errors.t(), foreground.t())  # (C,)
-        present = foreground.sum(0) > 0 if self.classes == "present" else torch.full_like(per_class, errors.shape[0] > 0, dtype=torch.bool)
+        if self.classes == "present":
+            present = foreground.sum(0) > 0
+        else:
+            present = torch.full_like(per_class, errors.shape[0] > 0, dtype=torch.bool)
         return _class_mean(per_class, present), image_count
 
     def extra_repr(self) -> str:

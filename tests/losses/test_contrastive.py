@@ -148,3 +148,18 @@ def test_bad_inputs_raise_naming_the_call_form():
         loss(queries.unsqueeze(-1), keys.unsqueeze(-1))
     with pytest.raises(TypeError, match=r"call loss\(query_embeddings, key_embeddings\) with two tensors"):
         loss(queries, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cuda_equals_cpu(symmetric):
+    queries, keys = make_pairs(16, 8, dtype=torch.float32)
+    loss = get_loss("info_nce", symmetric=symmetric)
+    cpu = queries.clone().requires_grad_()
+    expected = loss(cpu, keys)
+    expected.backward()
+    cuda = queries.cuda().requires_grad_()
+    value = loss(cuda, keys.cuda())
+    value.backward()
+    torch.testing.assert_close(value.cpu(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cuda.grad.cpu(), cpu.grad, rtol=1e-4, atol=1e-7)

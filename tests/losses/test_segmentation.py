@@ -11,7 +11,7 @@ from monai.losses import GeneralizedDiceLoss as MonaiGeneralizedDice
 from monai.losses import TverskyLoss as MonaiTversky
 
 from hf_losses import describe_loss, get_loss, list_losses
-from hf_losses.losses.segmentation import _SoftmaxOverlap, overlap_statistics
+from hf_losses.losses.segmentation import overlap_statistics
 
 OVERLAP_LOSSES = ["dice", "generalized_dice", "tversky", "focal_tversky"]
 ALL_LOSSES = OVERLAP_LOSSES + ["lovasz"]
@@ -346,30 +346,18 @@ def test_logits_without_spatial_dims_are_one_pixel_images():
 
 
 # ------------------------------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("c", [1, 4])
 @pytest.mark.parametrize("with_ignored", [False, True])
-def test_fused_softmax_statistics_gradcheck(with_ignored):
-    logits, labels = make_batch(2, 3, (4,), seed=1, ignore_fraction=0.3 if with_ignored else 0.0,
+def test_overlap_statistics_equal_plain_loop_sums(c, with_ignored):
+    logits, labels = make_batch(3, c, (3, 4), seed=9, ignore_fraction=0.3 if with_ignored else 0.0,
                                 dtype=torch.float64)
-    valid = (labels != -100) if with_ignored else None
-    logits.requires_grad_()
-    assert torch.autograd.gradcheck(lambda z: _SoftmaxOverlap.apply(z, labels, valid)[:2], (logits,))
-
-
-def test_fused_statistics_equal_one_hot_autograd():
-    logits, labels = make_batch(3, 5, (6, 2), seed=9, ignore_fraction=0.3, dtype=torch.float64)
-    logits = logits.reshape(3, 5, -1).requires_grad_()
-    labels = labels.reshape(3, -1)
-    valid = labels != -100
-    tp, pred, target = overlap_statistics(logits, labels, valid)
-    probs = torch.softmax(logits, 1) * valid.unsqueeze(1)
-    onehot = torch.nn.functional.one_hot(labels.clamp(min=0), 5).movedim(-1, 1) * valid.unsqueeze(1)
-    torch.testing.assert_close(tp, (probs * onehot).sum(2))
-    torch.testing.assert_close(pred, probs.sum(2))
-    torch.testing.assert_close(target, onehot.sum(2).to(target.dtype))
-    weights = torch.randn(2, 3, 5, dtype=torch.float64)
-    grad = torch.autograd.grad((weights[0] * tp + weights[1] * pred).sum(), logits)[0]
-    expected = torch.autograd.grad((weights[0] * (probs * onehot).sum(2) + weights[1] * probs.sum(2)).sum(), logits)[0]
-    torch.testing.assert_close(grad, expected)
+    flat_labels = labels.reshape(3, -1)
+    valid = (flat_labels != -100) if with_ignored else None
+    tp, pred, target = overlap_statistics(logits.reshape(3, c, -1), flat_labels, valid)
+    for n in range(3):
+        expected = loop_statistics(logits, labels, [n], c)
+        for actual, reference in zip((tp, pred, target), expected):
+            assert actual[n].tolist() == pytest.approx(reference, rel=1e-12, abs=1e-12)
 
 
 GRADCHECK_CASES = [(name, per_image, c) for name in ALL_LOSSES for per_image in (True, False) for c in (1, 3)]
@@ -501,3 +489,26 @@ def test_bad_inputs_raise_before_computing(name):
         loss(binary_logits, binary_labels)
     with pytest.raises(ValueError, match=r"`labels` shape \(2, 4\) does not match logits \(2, 1, 4, 4\)"):
         loss(binary_logits, binary_labels[:, 0])
+
+
+# ------------------------------------------------------------------------------------------ CUDA (GPU machines only)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL_LOSSES)
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("c", [1, 4])
+def test_cuda_equals_cpu(name, per_image, c):
+    logits, labels = make_batch(4, c, (16, 16), seed=20 + c, ignore_fraction=0.1)
+    loss = get_loss(name, per_image=per_image)
+    cpu = logits.clone().requires_grad_()
+    expected = loss(cpu, labels)
+    expected.backward()
+    cuda = logits.cuda().requires_grad_()
+    value = loss(cuda, labels.cuda())
+    value.backward()
+    assert value.device.type == "cuda"
+    torch.testing.assert_close(value.cpu(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cuda.grad.cpu(), cpu.grad, rtol=1e-4, atol=1e-7)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = loss(cuda.bfloat16(), labels.cuda())
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    torch.testing.assert_close(half.cpu(), expected, rtol=0, atol=2e-2)
