@@ -85,6 +85,9 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+        if trainer.is_world_process_zero():
+            print(f"=== trained with {setting.label}: {seconds:.1f} s, world size {run_args.world_size}, model run as "
+                  f"{type(trainer.model_wrapped).__name__}")
         metrics = trainer.evaluate()
         if save_models:
             trainer.save_model(str(run_dir))  # weights + loss_config.json
