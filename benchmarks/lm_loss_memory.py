@@ -1,0 +1,255 @@
+"""Peak extra memory and time of one forward+backward of the causal-LM loss: chunked vs materialised logits.
+
+Methods (each gets hidden states ``(N*T, H)`` and an LM head ``(V, H)``, both requiring grad):
+  hf       transformers' ForCausalLMLoss on ``logits = hidden @ W.T`` (the stock path; logits upcast to float32)
+  naive    a Python loop over token chunks with plain autograd (autograd keeps every chunk's logits for backward)
+  ours     hf_losses ``causal_lm`` (gradients computed chunk by chunk in forward; logits never materialised)
+  liger    Liger-Kernel's LigerFusedLinearCrossEntropyLoss (``--device cuda``, if importable)
+  cce      cut-cross-entropy's ``linear_cross_entropy`` (``--device cuda``, if importable)
+
+CPU: every (method, case) runs in a fresh process; extra memory is the RSS high-water mark
+(``resource.getrusage``) minus the high-water mark after the inputs were allocated (tracemalloc does not see
+torch's allocations). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation after the inputs, in one
+process. Time: the fastest of ``--repeats`` forward+backward calls after one warm-up (CPU: the memory run).
+
+    python benchmarks/lm_loss_memory.py                     # CPU, float32, the cases that fit --max-gib
+    python benchmarks/lm_loss_memory.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+HIDDEN_SIZE = 1024
+SEQUENCE_LENGTH = 1024
+DEFAULT_CASES = [(2048, 32000), (8192, 32000), (2048, 128000), (8192, 128000)]
+GIB = 1024 ** 3
+
+
+# ------------------------------------------------------------------------------------------ the methods
+def targets_of(labels: torch.Tensor) -> torch.Tensor:
+    return F.pad(labels[..., 1:], (0, 1), value=-100)
+
+
+def run_hf(hidden, labels, weight):
+    try:
+        from transformers.loss.loss_utils import ForCausalLMLoss
+    except ImportError:  # same computation, written out
+        def ForCausalLMLoss(logits, labels, vocab_size):  # noqa: N802
+            return F.cross_entropy(logits.float().view(-1, vocab_size), targets_of(labels).view(-1))
+    logits = F.linear(hidden, weight)
+    return ForCausalLMLoss(logits, labels, vocab_size=weight.shape[0])
+
+
+def run_naive(hidden, labels, weight, chunk_size=1024):
+    targets = targets_of(labels).reshape(-1)
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    total = 0.0
+    for start in range(0, rows.shape[0], chunk_size):
+        logits = F.linear(rows[start:start + chunk_size], weight).float()
+        total = total + F.cross_entropy(logits, targets[start:start + chunk_size], reduction="sum")
+    return total / (targets != -100).sum()
+
+
+def run_ours(hidden, labels, weight):
+    from hf_losses.losses.language import CausalLMLoss
+    return CausalLMLoss()(hidden, labels, weight=weight)
+
+
+def run_liger(hidden, labels, weight):
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    loss = LigerFusedLinearCrossEntropyLoss()
+    return loss(weight, hidden.reshape(-1, hidden.shape[-1]), targets_of(labels).reshape(-1))
+
+
+def run_cce(hidden, labels, weight):
+    from cut_cross_entropy import linear_cross_entropy
+    return linear_cross_entropy(hidden, weight, labels, shift=1)
+
+
+METHODS = {"hf": run_hf, "naive": run_naive, "ours": run_ours, "liger": run_liger, "cce": run_cce}
+
+
+def make_inputs(tokens: int, vocab: int, device: str, dtype: torch.dtype):
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = max(1, tokens // SEQUENCE_LENGTH)
+    hidden = torch.randn(batch, tokens // batch, HIDDEN_SIZE, device=device, dtype=dtype, generator=generator)
+    weight = torch.randn(vocab, HIDDEN_SIZE, device=device, dtype=dtype, generator=generator)
+    weight.mul_(HIDDEN_SIZE ** -0.5)
+    labels = torch.randint(0, vocab, (batch, tokens // batch), device=device, generator=generator)
+    return hidden.requires_grad_(), labels, weight.requires_grad_()
+
+
+def step(method: str, hidden, labels, weight) -> float:
+    hidden.grad = weight.grad = None
+    loss = METHODS[method](hidden, labels, weight)
+    loss.backward()
+    return float(loss)
+
+
+# ------------------------------------------------------------------------------------------ CPU: one process per case
+def rss_high_water_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def cpu_worker(method: str, tokens: int, vocab: int, dtype_name: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    hidden, labels, weight = make_inputs(tokens, vocab, "cpu", getattr(torch, dtype_name))
+    baseline = rss_high_water_bytes()
+    start = time.perf_counter()
+    value = step(method, hidden, labels, weight)
+    first = time.perf_counter() - start
+    peak = rss_high_water_bytes() - baseline
+    times = [first]
+    for _ in range(repeats - 1):
+        start = time.perf_counter()
+        step(method, hidden, labels, weight)
+        times.append(time.perf_counter() - start)
+    return {"method": method, "tokens": tokens, "vocab": vocab, "loss": value, "extra_bytes": peak,
+            "seconds": min(times)}
+
+
+def run_cpu(cases, methods, args) -> list[dict]:
+    results = []
+    for tokens, vocab in cases:
+        logits_bytes = tokens * vocab * 4
+        for method in methods:
+            if method in ("liger", "cce"):
+                continue
+            # hf / naive keep ~4 float32 copies of the logits alive at their peak
+            if method in ("hf", "naive") and 4 * logits_bytes > args.max_gib * GIB:
+                results.append({"method": method, "tokens": tokens, "vocab": vocab, "skipped": "exceeds --max-gib"})
+                continue
+            command = [sys.executable, __file__, "--worker", method, str(tokens), str(vocab), "--dtype", args.dtype,
+                       "--repeats", str(args.repeats)]
+            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+            completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
+            line = [row for row in completed.stdout.splitlines() if row.startswith("RESULT ")]
+            if completed.returncode != 0 or not line:
+                results.append({"method": method, "tokens": tokens, "vocab": vocab,
+                                "skipped": f"failed: {completed.stderr.strip().splitlines()[-1:]}"})
+            else:
+                results.append(json.loads(line[0][len("RESULT "):]))
+            print_progress(results[-1])
+    return results
+
+
+# ------------------------------------------------------------------------------------------ CUDA: one process
+def run_cuda(cases, methods, args) -> list[dict]:
+    dtype = getattr(torch, args.dtype)
+    results = []
+    for tokens, vocab in cases:
+        for method in methods:
+            torch.cuda.empty_cache()
+            try:
+                hidden, labels, weight = make_inputs(tokens, vocab, "cuda", dtype)
+                torch.cuda.synchronize()
+                value = step(method, hidden, labels, weight)  # warm-up (Triton compiles here)
+                hidden.grad = weight.grad = None
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                baseline = torch.cuda.memory_allocated()
+                step(method, hidden, labels, weight)
+                torch.cuda.synchronize()
+                extra = torch.cuda.max_memory_allocated() - baseline
+                times = []
+                for _ in range(args.repeats):
+                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    begin.record()
+                    step(method, hidden, labels, weight)
+                    end.record()
+                    torch.cuda.synchronize()
+                    times.append(begin.elapsed_time(end) / 1000)
+                results.append({"method": method, "tokens": tokens, "vocab": vocab, "loss": value,
+                                "extra_bytes": extra, "seconds": min(times)})
+            except ImportError as error:
+                results.append({"method": method, "tokens": tokens, "vocab": vocab, "skipped": f"not installed ({error.name})"})
+            except torch.cuda.OutOfMemoryError:
+                results.append({"method": method, "tokens": tokens, "vocab": vocab, "skipped": "out of memory"})
+            except Exception as error:  # a competitor failing must not hide the other rows
+                results.append({"method": method, "tokens": tokens, "vocab": vocab,
+                                "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"})
+            finally:
+                hidden = labels = weight = None
+            print_progress(results[-1])
+    return results
+
+
+# ------------------------------------------------------------------------------------------ table
+def print_progress(row: dict) -> None:
+    if "skipped" in row:
+        summary = row["skipped"]
+    else:
+        summary = f"{row['extra_bytes'] / 2**20:.0f} MiB, {row['seconds']:.3f} s"
+    print(f"  done {row['method']:>6} {row['tokens']}x{row['vocab']}: {summary}", file=sys.stderr, flush=True)
+
+
+def print_table(results: list[dict], device: str, dtype: str) -> None:
+    print(f"\nforward+backward of the causal-LM loss, H={HIDDEN_SIZE}, device={device}, dtype={dtype}")
+    print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)\n")
+    header = f"| {'N*T':>5} | {'V':>6} | {'method':<6} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | {'x hf':>5} | {'loss':>8} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    by_case = {}
+    for row in results:
+        by_case.setdefault((row["tokens"], row["vocab"]), {})[row["method"]] = row
+    for (tokens, vocab), rows in by_case.items():
+        hf = rows.get("hf")
+        for method, row in rows.items():
+            if "skipped" in row:
+                print(f"| {tokens:>5} | {vocab:>6} | {method:<6} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
+                      f"{'-':>8} | {row['skipped']}")
+                continue
+            memory_ratio = time_ratio = "-"
+            if hf is not None and "skipped" not in hf:
+                memory_ratio = f"{row['extra_bytes'] / max(hf['extra_bytes'], 1):.3f}"
+                time_ratio = f"{row['seconds'] / hf['seconds']:.2f}"
+            print(f"| {tokens:>5} | {vocab:>6} | {method:<6} | {row['extra_bytes'] / 2**20:>9.0f} | {memory_ratio:>6} | "
+                  f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    parser.add_argument("--methods", default=None, help="comma list; default hf,naive,ours (+liger,cce on cuda)")
+    parser.add_argument("--cases", default=None, help="comma list of TOKENSxVOCAB, e.g. 8192x32000")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (CPU 2, CUDA 5)")
+    parser.add_argument("--max-gib", type=float, default=24.0, help="CPU: skip hf/naive cases that would need more")
+    parser.add_argument("--timeout", type=float, default=900.0, help="CPU: seconds per case")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    args.repeats = args.repeats or (5 if args.device == "cuda" else 2)
+    if args.worker:
+        method, tokens, vocab = args.worker
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+        print("RESULT " + json.dumps(cpu_worker(method, int(tokens), int(vocab), args.dtype, args.repeats)))
+        return
+    default_methods = "hf,naive,ours,liger,cce" if args.device == "cuda" else "hf,naive,ours"
+    methods = (args.methods or default_methods).split(",")
+    cases = DEFAULT_CASES if args.cases is None else [
+        tuple(int(x) for x in case.lower().split("x")) for case in args.cases.split(",")]
+    results = run_cuda(cases, methods, args) if args.device == "cuda" else run_cpu(cases, methods, args)
+    print_table(results, args.device, args.dtype)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
