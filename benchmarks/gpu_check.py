@@ -25,6 +25,10 @@ Run (repository root)::
     python benchmarks/gpu_check.py --only bf16 fsdp_one_gpu
     python benchmarks/gpu_check.py --cpu-smoke  # plumbing only, on a machine without GPUs (fp16 -> bf16, no scaler
                                                 # assertions, DeepSpeed on CPU, FSDP skipped): NOT a GPU result
+
+Needs torch with CUDA, transformers, accelerate and deepspeed (the project's versions: transformers 5.24,
+deepspeed 0.19.8). On the lent GPU machine, whose image lacks deepspeed/pydantic/hjson and has an older
+transformers, the wheels in ``.whl/`` are installed first (see the report of the launch work for the command).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ VOCAB_SIZE = 64
 SEQUENCE_LENGTH = 16
 NUM_SAMPLES = 16
 HUGE = 1e38  # times a loss of ~4, times the loss scale 2**16: inf in float32, so every gradient overflows
-CHECK_TIMEOUT_S = 150
+CHECK_TIMEOUT_S = 90
 
 
 # ------------------------------------------------------------------ model, data, probes
