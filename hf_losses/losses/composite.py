@@ -1,15 +1,15 @@
-"""A weighted sum of registered losses, each reduced by its own item unit."""
+"""A weighted sum of registered losses, each reduced by its own item unit, with scheduled or learned weights."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from hf_losses.losses.base import Loss, NumItems, check_logits_labels
+from hf_losses.losses.base import Loss, NumItems, select_num_items
 from hf_losses.losses.checks import check_number
+from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import get_loss, register_loss, resolve_name
 
 
@@ -17,16 +17,28 @@ from hf_losses.registry import get_loss, register_loss, resolve_name
 class CompositeLoss(Loss):
     """Weighted sum ``sum_k w_k * L_k`` of registered losses, e.g. ``0.5*cross_entropy + 0.5*dice``.
 
-    ``num_items_in_batch`` may be a mapping ``{item_unit: count}`` so that a per-pixel CE and a per-image
-    Dice are each divided by their own global count. ``last_components`` holds the detached value of each
-    (unweighted) component from the latest call, for logging.
+    Each component is reduced by its own item unit: ``num_items_in_batch`` may be a mapping
+    ``{item_unit: count}`` so that a per-pixel CE and a per-image Dice are each divided by their own global count.
+
+    Weights (see :mod:`hf_losses.losses.weighting`): ``weights`` are static; ``schedules`` multiply them over
+    optimizer steps (``{"dice": {"schedule": "linear", "start_value": 0.0, "end_value": 1.0, "start_step": 0,
+    "end_step": 1000}}``), driven by :meth:`set_step`; ``weighting="uncertainty"`` learns one log-variance per
+    component (Kendall et al. 2018, ``sum_k w_k (exp(-s_k) L_k + s_k)``), ``weighting="dwa"`` rescales by the
+    components' rates of decrease (Liu et al. 2019). All of it is in ``state_dict()``.
+
+    For logging: ``last_components`` holds each unweighted component's value from the latest call (detached,
+    reduced like the component itself: local sum / ``num_items_in_batch``, or the local mean without it);
+    :meth:`component_weights` the factor each component is multiplied by now.
     """
 
-    summary = "Weighted sum of registered losses, e.g. '0.5*cross_entropy+0.5*dice'; logs each component."
-    reference = "hf-losses"
+    summary = ("Weighted sum of registered losses, e.g. '0.5*cross_entropy+0.5*dice'; scheduled or learned "
+               "(uncertainty, DWA) weights; logs each component.")
+    reference = "hf-losses; Kendall, Gal and Cipolla 2018 (uncertainty); Liu, Johns and Davison 2019 (DWA)"
 
     def __init__(self, components: Mapping[str, Mapping[str, Any]] | list[str],
-                 weights: Mapping[str, float] | None = None) -> None:
+                 weights: Mapping[str, float] | None = None, schedules: Mapping[str, Any] | None = None,
+                 weighting: Weighting = "fixed", temperature: float = 2.0, dwa_period_steps: int = 100,
+                 initial_log_variance: float = 0.0) -> None:
         super().__init__()
         if isinstance(components, (list, tuple)):
             components = {name: {} for name in components}
@@ -34,17 +46,27 @@ class CompositeLoss(Loss):
             raise ValueError(f"{self._label()}: `components` must be a non-empty dict "
                              f"{{loss_name: {{kwargs}}}}, got {components!r}.")
         weights = dict(weights or {})
+        schedules = dict(schedules or {})
         self.losses = nn.ModuleDict()
-        self.weights: dict[str, float] = {}
+        static_weights: dict[str, float] = {}
+        canonical_schedules: dict[str, Any] = {}
         for name, options in components.items():
             canonical = resolve_name(name)
             if canonical == "composite":
                 raise ValueError(f"{self._label()}: a composite cannot contain another composite.")
             self.losses[canonical] = get_loss(canonical, **dict(options or {}))
-            self.weights[canonical] = check_number(self._label(), f"weights['{name}']", weights.pop(name, 1.0))
+            static_weights[canonical] = check_number(self._label(), f"weights['{name}']", weights.pop(name, 1.0))
+            for key in (name, canonical):
+                if key in schedules:
+                    canonical_schedules[canonical] = schedules.pop(key)
         if weights:
             raise ValueError(f"{self._label()}: `weights` names {sorted(weights)} which are not components; "
                              f"components are {list(self.losses)}.")
+        if schedules:
+            raise ValueError(f"{self._label()}: `schedules` names {sorted(schedules)} which are not components; "
+                             f"components are {list(self.losses)}.")
+        self.weighting = ComponentWeighting(self._label(), list(self.losses), static_weights, canonical_schedules,
+                                            weighting, temperature, dwa_period_steps, initial_log_variance)
         kinds = {loss.label_kind for loss in self.losses.values()}
         if len(kinds) > 1:
             raise ValueError(f"{self._label()}: components mix integer-label and float-label losses "
@@ -54,9 +76,18 @@ class CompositeLoss(Loss):
         self.ignore_index = next(iter(self.losses.values())).ignore_index
         self.last_components: dict[str, Tensor] = {}
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """The static weight of each component (before schedules and learned factors)."""
+        return dict(self.weighting.static_weights)
+
+    def set_step(self, step: int) -> None:
+        """Optimizer step driving schedules and DWA periods (LossTrainer calls it before every forward)."""
+        self.weighting.set_step(step)
+
     def component_weights(self) -> dict[str, float]:
-        """Current weight of each component (constant here; schedules and learned weights override this)."""
-        return dict(self.weights)
+        """Current effective weight of each component (static x schedule x learned/DWA factor)."""
+        return self.weighting.effective_weights()
 
     def num_items(self, labels: Tensor) -> dict[str, Tensor]:
         counts: dict[str, Tensor] = {}
@@ -69,16 +100,16 @@ class CompositeLoss(Loss):
             loss.check_inputs(logits, labels)
 
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
-        weights = self.component_weights()
-        total = None
-        components = {}
+        values: dict[str, Tensor] = {}
+        fractions: dict[str, Tensor | float] = {}
         for name, loss in self.losses.items():
-            value = loss(logits, labels, num_items_in_batch=num_items_in_batch)
-            components[name] = value.detach()
-            term = weights[name] * value
-            total = term if total is None else total + term
-        self.last_components = components
-        return total
+            values[name] = loss(logits, labels, num_items_in_batch=num_items_in_batch)
+            # the share of the step's items in this call scales the once-per-step parts of learned weightings
+            fractions[name] = item_fraction(loss.num_items(labels).get(loss.item_unit),
+                                            select_num_items(num_items_in_batch, loss.item_unit)) \
+                if loss.decomposable else 1.0
+        self.last_components = {name: value.detach() for name, value in values.items()}
+        return self.weighting.combine(values, fractions)
 
     def extra_repr(self) -> str:
-        return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weights.items())
+        return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weighting.static_weights.items())

@@ -172,3 +172,113 @@ def test_uncertainty_weight_of_the_noisier_task_falls():
     assert weights["b"] < 1.0 < weights["a"]
     assert weights["a"] == pytest.approx(1 / final[0].item(), rel=0.15)
     assert weights["b"] == pytest.approx(1 / final[1].item(), rel=0.15)
+
+
+# ---------------------------------------------------------------------------------------------- composite
+def _classification_batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, 4, generator=generator) * 2
+    labels = torch.randint(0, 4, (8,), generator=generator)
+    labels[2] = -100
+    return logits, labels
+
+
+def _reference_components(logits, labels):
+    from hf_losses import get_loss
+
+    return (torch.nn.functional.cross_entropy(logits, labels), get_loss("focal", gamma=2.0)(logits, labels))
+
+
+def test_composite_list_dict_and_string_forms_still_work():
+    from hf_losses import get_loss
+
+    logits, labels = _classification_batch()
+    cross_entropy, focal = _reference_components(logits, labels)
+    from_list = get_loss("composite", components=["cross_entropy", "focal"])
+    assert from_list.weights == {"cross_entropy": 1.0, "focal": 1.0}
+    from_list.losses["focal"].gamma = 2.0
+    torch.testing.assert_close(from_list(logits, labels), cross_entropy + focal)
+    from_string = get_loss("0.25*ce+focal", focal={"gamma": 2.0})
+    torch.testing.assert_close(from_string(logits, labels), 0.25 * cross_entropy + focal)
+    assert from_string.component_weights() == {"cross_entropy": 0.25, "focal": 1.0}
+
+
+def test_composite_schedule_from_the_string_form_multiplies_the_weight():
+    from hf_losses import get_loss
+
+    logits, labels = _classification_batch()
+    cross_entropy, focal = _reference_components(logits, labels)
+    loss = get_loss("cross_entropy+0.5*focal", focal={"gamma": 2.0},
+                    schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")})
+    loss.set_step(0)
+    torch.testing.assert_close(loss(logits, labels), cross_entropy)
+    loss.set_step(50)
+    assert loss.component_weights() == pytest.approx({"cross_entropy": 1.0, "focal": 0.25})
+    torch.testing.assert_close(loss(logits, labels), cross_entropy + 0.25 * focal)
+    torch.testing.assert_close(loss.last_components["focal"], focal)
+    resumed = get_loss("cross_entropy+0.5*focal", focal={"gamma": 2.0},
+                       schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")})
+    resumed.load_state_dict(loss.state_dict())
+    assert resumed.component_weights() == loss.component_weights()
+
+
+def test_composite_uncertainty_is_kendall_formula_with_one_parameter_per_component():
+    from hf_losses import get_loss
+
+    logits, labels = _classification_batch()
+    cross_entropy, focal = _reference_components(logits, labels)
+    loss = get_loss("composite", components={"cross_entropy": {}, "focal": {"gamma": 2.0}},
+                    weights={"focal": 2.0}, weighting="uncertainty")
+    assert [name for name, _ in loss.named_parameters()] == ["weighting.log_variances"]
+    with torch.no_grad():
+        loss.weighting.log_variances.copy_(torch.tensor([0.4, -0.2]))
+    expected = (math.exp(-0.4) * cross_entropy + 0.4) + 2.0 * (math.exp(0.2) * focal - 0.2)
+    torch.testing.assert_close(loss(logits, labels), expected)
+    assert loss.component_weights() == pytest.approx({"cross_entropy": math.exp(-0.4), "focal": 2 * math.exp(0.2)})
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "dwa"])
+def test_composite_gradient_equal_across_accumulation(weighting):
+    """8 samples at once == 4 micro-batches of 2 with num_items_in_batch (logits and learned parameters)."""
+    from hf_losses import get_loss
+
+    logits, labels = _classification_batch()
+    kwargs = dict(components={"cross_entropy": {}, "focal": {"gamma": 2.0}}, weighting=weighting,
+                  initial_log_variance=0.3)
+    whole_loss, split_loss = get_loss("composite", **kwargs), get_loss("composite", **kwargs)
+    whole_logits, split_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    whole_loss(whole_logits, labels).backward()
+    num_items = split_loss.num_items(labels)
+    total = sum(split_loss(z, y, num_items_in_batch=num_items) for z, y in zip(split_logits.split(2), labels.split(2)))
+    total.backward()
+    torch.testing.assert_close(split_logits.grad, whole_logits.grad, rtol=1e-5, atol=1e-7)
+    for whole_parameter, split_parameter in zip(whole_loss.parameters(), split_loss.parameters()):
+        torch.testing.assert_close(split_parameter.grad, whole_parameter.grad, rtol=1e-5, atol=1e-7)
+    if weighting == "dwa":  # the running sums hold the same means
+        torch.testing.assert_close(split_loss.weighting.dwa_sums / split_loss.weighting.dwa_counts,
+                                   whole_loss.weighting.dwa_sums / whole_loss.weighting.dwa_counts)
+
+
+def test_composite_uncertainty_all_ignored_gives_zero_with_zero_gradient():
+    from hf_losses import get_loss
+
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = get_loss("cross_entropy+focal", weighting="uncertainty")
+    value = loss(logits, torch.full((4,), -100))
+    value.backward()
+    assert value.item() == 0.0 and logits.grad.abs().sum() == 0
+    assert loss.weighting.log_variances.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"schedules": {"dice": 1.0}}, ValueError, r"`schedules` names \['dice'\] which are not components"),
+    ({"weighting": "gradnorm"}, TypeError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
+    ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\]"),
+    ({"dwa_period_steps": 0}, ValueError, "`dwa_period_steps` must be an int >= 1, got 0"),
+    ({"schedules": {"focal": {"schedule": "linear"}}}, ValueError, r"missing \['start_value'"),
+])
+def test_composite_invalid_weighting_arguments_raise(kwargs, error, match):
+    from hf_losses import get_loss
+
+    with pytest.raises(error, match=match):
+        get_loss("composite", components=["cross_entropy", "focal"], **kwargs)
