@@ -6,6 +6,7 @@ mistyped parameters, out-of-range values -- so a typo fails when the arguments a
 loaded. The same helpers build the loss for :class:`~hf_losses.trainers.LossTrainer`.
 """
 
+import difflib
 import json
 import logging
 import os
@@ -182,8 +183,6 @@ class LossTrainingArguments(TrainingArguments):
         if not isinstance(self.class_weights_beta, (int, float)) or not 0.0 <= self.class_weights_beta < 1.0:
             raise ValueError(f"`class_weights_beta` must be in [0, 1), got {self.class_weights_beta!r}.")
         if self.loss_task not in TASKS:
-            import difflib
-
             close = difflib.get_close_matches(str(self.loss_task), TASKS, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ValueError(f"Unknown loss_task {self.loss_task!r}.{hint} Choose one of {list(TASKS)}.")

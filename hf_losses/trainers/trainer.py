@@ -23,6 +23,10 @@ Loss state. A loss with trainable parameters (uncertainty weights) is registered
 decay, from DDP (its gradients are averaged across processes by the trainer before clipping), and from the saved
 model weights. Its ``state_dict()`` (parameters, buffers such as step counters and running averages) is written to
 ``loss_state.pt`` in every checkpoint and restored by ``resume_from_checkpoint``.
+
+Notes: labels are read from the batch's ``labels`` (and ``shift_labels``) entries; evaluation uses per-batch means
+(``eval_loss`` as the stock Trainer computes it); the global count is always taken across processes
+(``average_tokens_across_devices`` is not consulted); a loss with trainable parameters is not supported under FSDP.
 """
 
 from __future__ import annotations
