@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
+
+# pytest puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess` that `datasets`
+# (imported by the Trainer) needs: import the real one first.
+if not hasattr(sys.modules.get("multiprocess"), "__path__"):
+    sys.modules.pop("multiprocess", None)
+    _tests_dir, _saved = str(Path(__file__).resolve().parent), list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != _tests_dir]
+    try:
+        import multiprocess  # noqa: F401
+    finally:
+        sys.path[:] = _saved
+from importlib.metadata import entry_points
 
 import pytest
 import yaml
@@ -63,6 +74,10 @@ def test_describe_accepts_an_alias(capsys):
     (("config", "--num_processes", "3", "--num_machines", "2"), "multiple of `num_machines`"),
     (("config", "--deepspeed", "5"), "invalid choice: 5"),
     (("plot", "/nonexistent/run"), "does not exist"),
+    (("demo", "--loss_type", "focall"), "Did you mean 'focal'"),
+    (("demo", "--no_such_flag", "1"), "not used by the HfArgumentParser: ['--no_such_flag'"),
+    (("demo", "--num_train_epochs", "many"), "invalid float value: 'many'"),
+    (("demo", "--loss_kwargs", "{gamma: 2}"), "must be a JSON object"),
 ])
 def test_errors_are_one_line_with_nonzero_exit(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)

@@ -175,8 +175,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Any, DemoArgumen
 
     from hf_losses.trainers import LossTrainingArguments
 
-    parser = HfArgumentParser((LossTrainingArguments, DemoArguments))
+    parser = HfArgumentParser((LossTrainingArguments, DemoArguments), prog="hf-losses demo")
     parser.set_defaults(**DEMO_DEFAULTS)
+
+    def one_line_error(message: str) -> None:  # not the whole usage of ~150 training flags
+        parser.exit(2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
+
+    parser.error = one_line_error
     training_args, demo_args = parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
     return training_args, demo_args
 
