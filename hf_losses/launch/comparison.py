@@ -92,6 +92,9 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
         if save_models:
             trainer.save_model(str(run_dir))  # weights + loss_config.json
             trainer.create_model_card(model_name=f"{run_dir.name}")  # README.md with a "Training loss" section
+        if trainer.is_world_process_zero():  # the log history, for `hf-losses plot <run_dir>`
+            run_dir.mkdir(parents=True, exist_ok=True)
+            trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
         results.append(RunResult(setting, {k: float(v) for k, v in metrics.items() if _is_number(v)},
                                  list(trainer.state.log_history), seconds, str(run_dir)))
     return results

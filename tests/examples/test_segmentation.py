@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from example_helpers import SMOKE_FLAGS
 
+from hf_losses.launch.cli import main as cli_main
+from hf_losses.launch.plotting import curve_keys, read_log_history
+
 
 def test_image_and_mask_are_the_real_stardist_nuclei(example):
     image, mask = example("segmentation").stardist_image_and_mask()
@@ -65,3 +68,8 @@ def test_smoke_run_compares_ce_plus_dice_with_ce(example, tmp_path):
     assert (tmp_path / "loss_curves.png").is_file()
     loss_config = json.loads((tmp_path / "0.5_cross_entropy_0.5_dice" / "loss_config.json").read_text())
     assert loss_config["loss_task"] == "semantic_segmentation"
+    # every run folder can be plotted with `hf-losses plot`; the composite logs each component
+    history = read_log_history(tmp_path / "0.5_cross_entropy_0.5_dice")
+    assert {"loss/cross_entropy", "loss/dice"} <= set(curve_keys(history)["train"])
+    assert cli_main(["plot", str(tmp_path / "0.5_cross_entropy_0.5_dice")]) == 0
+    assert (tmp_path / "0.5_cross_entropy_0.5_dice" / "loss_curves.png").is_file()
