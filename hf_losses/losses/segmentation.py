@@ -209,13 +209,14 @@ class _SegmentationLoss(Loss):
         return tuple(t[:, 1:] for t in tensors)
 
     @staticmethod
-    def _image_count(labels: Tensor, valid: Tensor | None) -> Tensor:
-        """Images with at least one labelled pixel (the item of ``per_image=True``)."""
+    def _image_count(labels: Tensor, valid: Tensor | None) -> Tensor | int:
+        """Images with at least one labelled pixel (the item of ``per_image=True``); a plain int when no pixel
+        is ignored (no host-to-device copy on CUDA)."""
         if valid is None:
-            return torch.tensor(labels.shape[0] if labels.shape[1] > 0 else 0, device=labels.device)
+            return labels.shape[0] if labels.shape[1] > 0 else 0
         return valid.any(dim=1).sum()
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         logits, labels, valid = self._flatten(logits, labels)
         statistics = self._drop_background(*overlap_statistics(logits, labels, valid))
         count = self._image_count(labels, valid)

@@ -512,3 +512,17 @@ def test_cuda_equals_cpu(name, per_image, c):
         half = loss(cuda.bfloat16(), labels.cuda())
     assert half.dtype == torch.float32 and torch.isfinite(half)
     torch.testing.assert_close(half.cpu(), expected, rtol=0, atol=2e-2)
+
+
+def test_composite_with_cross_entropy_is_decomposable_with_per_unit_counts():
+    """``0.5*cross_entropy+0.5*dice``: CE divides by labelled pixels, Dice by labelled images."""
+    logits, labels = make_batch(4, 3, (4, 4), seed=18, ignore_fraction=0.2)
+    labels[3] = -100
+    loss = get_loss("0.5*cross_entropy+0.5*dice")
+    counts = loss.num_items(labels)
+    assert counts["sample"].item() == 3 and counts["label"].item() == (labels != -100).sum().item()
+    whole = loss(logits, labels)
+    expected = 0.5 * torch.nn.functional.cross_entropy(logits, labels) + 0.5 * get_loss("dice")(logits, labels)
+    torch.testing.assert_close(whole, expected)
+    parts = sum(loss(logits[i:i + 2], labels[i:i + 2], num_items_in_batch=counts) for i in (0, 2))
+    torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-6)
