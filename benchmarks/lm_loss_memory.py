@@ -64,20 +64,23 @@ def run_naive(hidden, labels, weight, chunk_size=1024):
     return total / (targets != -100).sum()
 
 
-def run_ours(hidden, labels, weight):
+def run_ours(hidden, labels, weight, chunk_size=None):
     from hf_losses.losses.language import CausalLMLoss
-    return CausalLMLoss()(hidden, labels, weight=weight)
+    return CausalLMLoss(chunk_size=chunk_size)(hidden, labels, weight=weight)
 
 
 def run_liger(hidden, labels, weight):
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     loss = LigerFusedLinearCrossEntropyLoss()
     return loss(weight, hidden.reshape(-1, hidden.shape[-1]), targets_of(labels).reshape(-1))
 
 
 def run_cce(hidden, labels, weight):
     from cut_cross_entropy import linear_cross_entropy
-    return linear_cross_entropy(hidden, weight, labels, shift=1)
+    return linear_cross_entropy(hidden, weight, labels, shift=True)
 
 
 METHODS = {"hf": run_hf, "naive": run_naive, "ours": run_ours, "liger": run_liger, "cce": run_cce}
@@ -94,10 +97,14 @@ def make_inputs(tokens: int, vocab: int, device: str, dtype: torch.dtype):
 
 
 def step(method: str, hidden, labels, weight) -> float:
+    """One forward+backward; ``ours@1024`` is ours with chunk_size=1024."""
     hidden.grad = weight.grad = None
-    loss = METHODS[method](hidden, labels, weight)
+    if method.startswith("ours@"):
+        loss = run_ours(hidden, labels, weight, chunk_size=int(method.split("@")[1]))
+    else:
+        loss = METHODS[method](hidden, labels, weight)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 # ------------------------------------------------------------------------------------------ CPU: one process per case
@@ -127,7 +134,7 @@ def run_cpu(cases, methods, args) -> list[dict]:
     for tokens, vocab in cases:
         logits_bytes = tokens * vocab * 4
         for method in methods:
-            if method in ("liger", "cce"):
+            if method in ("liger", "cce"):  # GPU kernels (Triton)
                 continue
             # hf / naive keep ~4 float32 copies of the logits alive at their peak
             if method in ("hf", "naive") and 4 * logits_bytes > args.max_gib * GIB:
@@ -186,6 +193,8 @@ def run_cuda(cases, methods, args) -> list[dict]:
             finally:
                 hidden = labels = weight = None
             print_progress(results[-1])
+            if args.json:  # written after every row: a run stopped at its time limit keeps what it measured
+                Path(args.json).write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -201,7 +210,7 @@ def print_progress(row: dict) -> None:
 def print_table(results: list[dict], device: str, dtype: str) -> None:
     print(f"\nforward+backward of the causal-LM loss, H={HIDDEN_SIZE}, device={device}, dtype={dtype}")
     print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)\n")
-    header = f"| {'N*T':>5} | {'V':>6} | {'method':<6} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | {'x hf':>5} | {'loss':>8} |"
+    header = f"| {'N*T':>5} | {'V':>6} | {'method':<9} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | {'x hf':>5} | {'loss':>8} |"
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     by_case = {}
@@ -211,14 +220,14 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
         hf = rows.get("hf")
         for method, row in rows.items():
             if "skipped" in row:
-                print(f"| {tokens:>5} | {vocab:>6} | {method:<6} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
+                print(f"| {tokens:>5} | {vocab:>6} | {method:<9} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
                       f"{'-':>8} | {row['skipped']}")
                 continue
             memory_ratio = time_ratio = "-"
             if hf is not None and "skipped" not in hf:
                 memory_ratio = f"{row['extra_bytes'] / max(hf['extra_bytes'], 1):.3f}"
                 time_ratio = f"{row['seconds'] / hf['seconds']:.2f}"
-            print(f"| {tokens:>5} | {vocab:>6} | {method:<6} | {row['extra_bytes'] / 2**20:>9.0f} | {memory_ratio:>6} | "
+            print(f"| {tokens:>5} | {vocab:>6} | {method:<9} | {row['extra_bytes'] / 2**20:>9.0f} | {memory_ratio:>6} | "
                   f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |")
 
 

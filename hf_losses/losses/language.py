@@ -57,6 +57,10 @@ def _matmul_dtype(hidden_states: Tensor, weight: Tensor) -> torch.dtype:
     return torch.promote_types(hidden_states.dtype, weight.dtype)
 
 
+#: whether ``torch.addmm(..., out_dtype=float32)`` works here (checked on first use)
+_CUDA_OUT_DTYPE = True
+
+
 def _accumulate_weight_grad(accumulator: Tensor, grad_logits: Tensor, grad_logits_mm: Tensor, rows: Tensor) -> None:
     """``accumulator += grad_logits^T @ rows`` with float32 accumulation across chunks.
 
@@ -67,11 +71,16 @@ def _accumulate_weight_grad(accumulator: Tensor, grad_logits: Tensor, grad_logit
         accumulator.addmm_(grad_logits_mm.t(), rows)
         return
     if accumulator.is_cuda:
-        try:
-            torch.addmm(accumulator, grad_logits_mm.t(), rows, out_dtype=accumulator.dtype, out=accumulator)
-            return
-        except (RuntimeError, TypeError):  # older torch without the out_dtype overload
-            pass
+        global _CUDA_OUT_DTYPE
+        if _CUDA_OUT_DTYPE:
+            try:
+                torch.addmm(accumulator, grad_logits_mm.t(), rows, out_dtype=accumulator.dtype, out=accumulator)
+                return
+            except (RuntimeError, TypeError):  # torch without the out_dtype overload for these dtypes
+                _CUDA_OUT_DTYPE = False
+        # half-precision product (fast tensor cores), then a float32 add
+        accumulator.add_(grad_logits_mm.t() @ rows)
+        return
     accumulator.addmm_(grad_logits.t(), rows.to(accumulator.dtype))
 
 
