@@ -95,14 +95,15 @@ def build_loss(loss_type: str, loss_kwargs: Mapping[str, Any]) -> torch.nn.Modul
     return get_loss(loss_type, **dict(loss_kwargs))
 
 
-def distributed_cpu_settings(environ: Mapping[str, str], accelerator_available: bool, uses_deepspeed: bool,
-                             ddp_backend: str | None, use_cpu: bool) -> dict[str, Any]:
+def distributed_cpu_settings(environ: Mapping[str, str], accelerator_available: bool, ddp_backend: str | None,
+                             use_cpu: bool) -> dict[str, Any]:
     """Settings that make a multi-process launch on a machine without GPUs really data-parallel.
 
     Under ``torchrun``/``accelerate launch`` on CPU, transformers 5 wraps the model in DDP only with
     ``use_cpu=True`` (otherwise each process silently trains alone on its shard); the backend must be gloo,
     and gloo must not be chosen in a single, non-distributed process ("Default process group has not been
-    initialized"). DeepSpeed keeps ``use_cpu`` off (it would bypass DeepSpeed) and only gets gloo.
+    initialized"). DeepSpeed needs ``use_cpu`` too: without it Accelerate sees world size 1 under ``--deepspeed``
+    and bf16 is refused on CPU; DeepSpeed still wraps the model in its engine.
     """
     try:
         world_size = int(environ.get("WORLD_SIZE", "1") or 1)
@@ -117,7 +118,7 @@ def distributed_cpu_settings(environ: Mapping[str, str], accelerator_available: 
         return changes
     if ddp_backend is None:
         changes["ddp_backend"] = "gloo"
-    if not uses_deepspeed and not use_cpu:
+    if not use_cpu:
         changes["use_cpu"] = True
     return changes
 
@@ -154,9 +155,7 @@ class LossTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self._validate_loss()
         changes = distributed_cpu_settings(
-            os.environ, _accelerator_available(),
-            uses_deepspeed=bool(self.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true",
-            ddp_backend=self.ddp_backend, use_cpu=self.use_cpu)
+            os.environ, _accelerator_available(), ddp_backend=self.ddp_backend, use_cpu=self.use_cpu)
         for key, value in changes.items():
             logger.info("hf-losses: %s=%r (multi-process launch on a machine without GPUs)", key, value)
             setattr(self, key, value)

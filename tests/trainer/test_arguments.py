@@ -101,16 +101,15 @@ def test_class_weights_go_to_the_loss_weight_parameter():
         "cross_entropy": {"weight": [1.0, 2.0]}}
 
 
-@pytest.mark.parametrize(("environ", "accelerator", "deepspeed", "backend", "use_cpu", "expected"), [
-    ({}, False, False, None, False, {}),  # one process: nothing
-    ({"WORLD_SIZE": "1"}, False, False, "gloo", False, {"ddp_backend": None}),  # gloo alone fails to initialise
-    ({"WORLD_SIZE": "2"}, False, False, None, False, {"ddp_backend": "gloo", "use_cpu": True}),
-    ({"WORLD_SIZE": "2"}, False, True, None, False, {"ddp_backend": "gloo"}),  # use_cpu would bypass DeepSpeed
-    ({"WORLD_SIZE": "2"}, False, False, "mpi", False, {"use_cpu": True}),  # the user's backend is kept
-    ({"WORLD_SIZE": "2"}, True, False, None, False, {}),  # GPUs: transformers' defaults are right
+@pytest.mark.parametrize(("environ", "accelerator", "backend", "use_cpu", "expected"), [
+    ({}, False, None, False, {}),  # one process: nothing
+    ({"WORLD_SIZE": "1"}, False, "gloo", False, {"ddp_backend": None}),  # gloo alone fails to initialise
+    ({"WORLD_SIZE": "2"}, False, None, False, {"ddp_backend": "gloo", "use_cpu": True}),  # DDP and DeepSpeed alike
+    ({"WORLD_SIZE": "2"}, False, "mpi", False, {"use_cpu": True}),  # the user's backend is kept
+    ({"WORLD_SIZE": "2"}, True, None, False, {}),  # GPUs: transformers' defaults are right
 ])
-def test_distributed_cpu_settings(environ, accelerator, deepspeed, backend, use_cpu, expected):
-    assert distributed_cpu_settings(environ, accelerator, deepspeed, backend, use_cpu) == expected
+def test_distributed_cpu_settings(environ, accelerator, backend, use_cpu, expected):
+    assert distributed_cpu_settings(environ, accelerator, backend, use_cpu) == expected
 
 
 def test_single_process_gloo_is_dropped(tmp_path, monkeypatch):
