@@ -107,8 +107,9 @@ def check_bf16() -> None:
     report("bf16 params: ours vs float32 truth", {n: relative(a, b) for n, a, b in zip(names, ours, truth)}, 3e-2)
     report("bf16 params: stock vs float32 truth (for scale)",
            {n: relative(a, b) for n, a, b in zip(names, stock, truth)}, 3e-2)
-    print(f"     weight-gradient accumulation: "
-          f"{'addmm(out_dtype=float32) into the float32 accumulator' if language._CUDA_OUT_DTYPE else 'bf16 product + float32 add (no out_dtype overload)'}")
+    path = ("addmm(out_dtype=float32) into the float32 accumulator" if language._CUDA_OUT_DTYPE
+            else "bf16 product + float32 add (no out_dtype overload)")
+    print(f"     weight-gradient accumulation: {path}")
 
 
 def main() -> None:

@@ -288,7 +288,7 @@ class CausalLMLoss(Loss):
         self.softcap = None if softcap is None else check_number(owner, "softcap", softcap, minimum=0.0, strict=True)
         self.register_buffer("class_weights", None if class_weights is None
                              else as_vector(owner, "class_weights", class_weights))
-        #: detached per-part values of the last call (``cross_entropy``, ``z_loss``), for logging
+        #: detached parts of the last call's value (``cross_entropy``, ``z_loss``) when z_loss > 0, for logging
         self.last_components: dict[str, Tensor] = {}
 
     # ---------------------------------------------------------------- contract
@@ -317,7 +317,8 @@ class CausalLMLoss(Loss):
             hidden_states, targets, weight, bias, class_weights=self.class_weights,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
             ignore_index=self.ignore_index, chunk_size=self.chunk_size, scale=scale)
-        self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part}
+        # logged by the trainer as loss/<name>; only worth it when there are two parts
+        self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part} if self.z_loss > 0 else {}
         return loss
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
