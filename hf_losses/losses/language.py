@@ -52,8 +52,16 @@ def default_chunk_size(num_tokens: int, hidden_size: int, vocab_size: int) -> in
 def _matmul_dtype(hidden_states: Tensor, weight: Tensor) -> torch.dtype:
     """The dtype the head's matrix product runs in: the autocast dtype when autocast is on, else the inputs'."""
     device_type = hidden_states.device.type
-    if device_type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        autocast_dtype = torch.get_autocast_dtype(device_type) if enabled else None
+    except (TypeError, RuntimeError, AttributeError):  # torch < 2.4: per-device functions
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else (
+            device_type == "cuda" and torch.is_autocast_enabled())
+        autocast_dtype = (torch.get_autocast_cpu_dtype() if device_type == "cpu"
+                          else torch.get_autocast_gpu_dtype()) if enabled else None
+    if enabled:
+        return autocast_dtype
     return torch.promote_types(hidden_states.dtype, weight.dtype)
 
 
