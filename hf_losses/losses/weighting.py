@@ -231,7 +231,9 @@ class ComponentWeighting(nn.Module):
             value = values[name]
             weight = self.scheduled_weight(name)
             if self.weighting == "uncertainty":
-                log_variance = self.log_variances[index].to(value.device)
+                # float32 at least, even when DeepSpeed holds the parameter in bf16/fp16 with the model
+                log_variance = self.log_variances[index].to(value.device, torch.promote_types(value.dtype,
+                                                                                              torch.float32))
                 term = weight * (torch.exp(-log_variance) * value + item_fractions[name] * log_variance)
             elif self.weighting == "dwa":
                 term = (weight * float(self.dwa_lambdas[index])) * value
