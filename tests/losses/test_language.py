@@ -357,3 +357,20 @@ def test_losses_module_does_not_import_transformers():
     code = ("import sys, torch; from hf_losses.losses.language import CausalLMLoss; "
             "assert 'transformers' not in sys.modules, 'transformers imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_float32_equals_transformers_and_bf16_autocast_is_close():
+    hidden, labels, weight, bias = make_inputs(n=4, t=64, h=64, v=5000)
+    hidden, weight, bias = (t.detach().cuda().requires_grad_() for t in (hidden, weight, bias))
+    labels = labels.cuda()
+    loss = get_loss("causal_lm", chunk_size=48)
+    value = loss(hidden, labels, weight=weight, bias=bias)
+    expected = ForCausalLMLoss(F.linear(hidden, weight, bias), labels, vocab_size=5000)
+    assert torch.allclose(value, expected, rtol=1e-5, atol=0)
+    assert_close_relative(gradients(value, (hidden, weight, bias)), gradients(expected, (hidden, weight, bias)), 1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        value = loss(hidden, labels, weight=weight, bias=bias)
+        stock = ForCausalLMLoss(F.linear(hidden, weight, bias), labels, vocab_size=5000)
+    assert value.dtype == torch.float32 and torch.allclose(value, stock, rtol=2e-3)
+    assert_close_relative(gradients(value, (hidden, weight)), gradients(stock, (hidden, weight)), 3e-2)
