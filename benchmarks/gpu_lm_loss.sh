@@ -17,15 +17,15 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -c "import triton; print('triton', triton.__version__)" || true
 
 echo "== exactness on the GPU"
-timeout 90 python3 benchmarks/gpu_lm_loss.py 2>&1 | tee "$OUT_DIR/gpu_checks.txt"
+timeout 60 python3 benchmarks/gpu_lm_loss.py 2>&1 | tee "$OUT_DIR/gpu_checks.txt"
 
 echo "== tests/losses/test_language.py (its CUDA test runs here)"
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/losses/test_language.py 2>&1 | tail -5 | tee "$OUT_DIR/pytest.txt"
+timeout 45 python3 -m pytest -q -p no:cacheprovider tests/losses/test_language.py 2>&1 | tail -5 | tee "$OUT_DIR/pytest.txt"
 
 echo "== bf16 memory/time table"
-timeout 200 python3 benchmarks/lm_loss_memory.py --device cuda --dtype bfloat16 \
-  --methods hf,naive,ours,ours@1024,liger,cce --json "$OUT_DIR/bf16.json" 2>&1 | tee "$OUT_DIR/bf16_table.txt"
+timeout 150 python3 benchmarks/lm_loss_memory.py --device cuda --dtype bfloat16 \
+  --cases 8192x32000,8192x128000,2048x32000,2048x128000 --methods hf,naive,ours,ours@1024,liger,cce --json "$OUT_DIR/bf16.json" 2>&1 | tee "$OUT_DIR/bf16_table.txt"
 
 echo "== float32 memory/time table"
-timeout 80 python3 benchmarks/lm_loss_memory.py --device cuda --dtype float32 --cases 8192x32000,8192x128000 \
+timeout 45 python3 benchmarks/lm_loss_memory.py --device cuda --dtype float32 --cases 8192x32000,8192x128000 \
   --methods hf,ours,liger --json "$OUT_DIR/float32.json" 2>&1 | tee "$OUT_DIR/float32_table.txt"
