@@ -11,6 +11,7 @@ relative error of the gradient w.r.t. the rank's own inputs divided by the world
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import warnings
@@ -205,6 +206,8 @@ def main() -> None:
                     {"symmetric": symmetric, "temperature": 0.1}, encoder, (queries, keys), None, split)
 
     print_all_records()
+    gc.collect()  # free the DDP wrappers (their reducers hold the process group) before tearing it down
+    dist.barrier()  # no rank tears gloo down while the other still talks to it ("terminate called ...")
     dist.destroy_process_group()
 
 
