@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 ItemUnit = Literal["label", "sample"]
-LabelKind = Literal["index", "binary"]
+LabelKind = Literal["index", "binary", "embedding"]
 NumItems = Union[int, float, Tensor, Mapping[str, Union[int, float, Tensor]], None]
 
 IGNORE_INDEX = -100
@@ -38,7 +38,8 @@ class Loss(nn.Module):
     reference: ClassVar[str] = ""
     #: what the loss averages over: a non-ignored label entry, or a sample (image)
     item_unit: ClassVar[ItemUnit] = "label"
-    #: "index": integer class labels ``(N, d1, ...)``; "binary": float targets shaped like the logits
+    #: "index": integer class labels ``(N, d1, ...)``; "binary": float targets shaped like the logits;
+    #: "embedding": the second input is a float embedding paired row by row with the first (contrastive)
     label_kind: ClassVar[LabelKind] = "index"
     #: False for losses whose value needs whole-batch statistics (they ignore ``num_items_in_batch``)
     decomposable: ClassVar[bool] = True

@@ -63,7 +63,7 @@ class InfoNCELoss(Loss):
     summary = "InfoNCE / CLIP contrastive loss with in-batch negatives gathered across processes."
     reference = "van den Oord et al. 2018 (arXiv:1807.03748); symmetric: Radford et al. 2021, CLIP"
     item_unit = "sample"
-    label_kind = "embedding"  # type: ignore[assignment]  # labels are the key embeddings, shaped like logits
+    label_kind = "embedding"  # labels are the key embeddings, shaped like logits
     decomposable = False
 
     def __init__(self, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True,
