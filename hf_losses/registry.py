@@ -164,6 +164,12 @@ def check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, An
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     allowed = [key for key, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     hints = _type_hints(factory)
+    missing = [key for key, p in parameters.items()
+               if p.default is inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and key not in kwargs]
+    if missing:
+        raise TypeError(f"loss '{name}': missing required parameter(s) {', '.join(repr(m) for m in missing)}; "
+                        f"see describe_loss('{name}').")
     for key, value in kwargs.items():
         if key not in parameters and not accepts_any:
             close = difflib.get_close_matches(key, allowed, n=1)
@@ -171,8 +177,17 @@ def check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, An
             raise ValueError(f"loss '{name}': unknown parameter '{key}'.{hint} "
                              f"Allowed parameters: {', '.join(allowed) or '(none)'}.")
         if key in hints and not _matches(value, hints[key]):
-            raise TypeError(f"loss '{name}': parameter '{key}' must be {_type_name(hints[key])}, "
-                            f"got {type(value).__name__} {value!r}.")
+            # a value of the right type outside a Literal's choices is a bad value, not a bad type
+            error = ValueError if _literal_of_same_type(value, hints[key]) else TypeError
+            raise error(f"loss '{name}': parameter '{key}' must be {_type_name(hints[key])}, "
+                        f"got {type(value).__name__} {value!r}.")
+
+
+def _literal_of_same_type(value: Any, annotation: Any) -> bool:
+    """True when ``annotation`` holds a ``Literal`` with a choice of ``value``'s type."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return any(type(choice) is type(value) for choice in typing.get_args(annotation))
+    return any(_literal_of_same_type(value, arg) for arg in typing.get_args(annotation))
 
 
 def _matches(value: Any, annotation: Any) -> bool:

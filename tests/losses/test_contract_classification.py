@@ -260,7 +260,7 @@ BAD_ARGUMENTS = [
     ("class_balanced", {"samples_per_class": [5, 5], "beta": 1.0}, ValueError,
      r"loss 'class_balanced': `beta` must be in \[0, 1\), got 1"),
     ("class_balanced", {"samples_per_class": [5, 5], "beta": -0.5}, ValueError, r"`beta` must be in \[0, 1\], got -0.5"),
-    ("class_balanced", {"samples_per_class": [5, 5], "base": "dice"}, TypeError,
+    ("class_balanced", {"samples_per_class": [5, 5], "base": "dice"}, ValueError,
      r"loss 'class_balanced': parameter 'base' must be one of 'ce', 'focal', got str 'dice'"),
     ("class_balanced", {"samples_per_class": [0, 5]}, ValueError,
      r"loss 'class_balanced': every entry of `samples_per_class` must be > 0"),

@@ -445,7 +445,7 @@ BAD_CONSTRUCTION = [
     ("focal_tversky", {"gamma": -1.0}, ValueError, "`gamma` must be in (0, inf], got -1"),
     ("focal_tversky", {"gamma": 0.0}, ValueError, "`gamma` must be in (0, inf], got 0"),
     ("focal_tversky", {"alpha": 0, "beta": 0}, ValueError, "`alpha` + `beta` must be > 0"),
-    ("lovasz", {"classes": "some"}, TypeError, "parameter 'classes' must be one of 'present', 'all', got str 'some'"),
+    ("lovasz", {"classes": "some"}, ValueError, "parameter 'classes' must be one of 'present', 'all', got str 'some'"),
     ("lovasz", {"smooth": 1.0}, ValueError, "unknown parameter 'smooth'"),
     ("dice", {"per_image": "yes"}, TypeError, "parameter 'per_image' must be bool"),
     ("dice", {"smoth": 1.0}, ValueError, "Did you mean 'smooth'?"),
