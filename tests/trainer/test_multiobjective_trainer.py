@@ -138,3 +138,23 @@ def test_uncertainty_state_round_trips_through_a_checkpoint_and_is_not_a_model_w
     _assert_close(resumed["loss_state"]["weighting.log_variances"],
                   uncertainty_run["loss_state"]["weighting.log_variances"])
     _assert_close(_flat(resumed["model"]), _flat(uncertainty_run["model"]))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_deepspeed_zero2_trains_the_learned_weights(uncertainty_run):
+    pytest.importorskip("deepspeed")
+    repository = Path(__file__).resolve().parents[2]
+    result = load_multiprocess().launch(
+        WORKER.parent / "multiobjective_deepspeed_worker.py", str(STEPS), nproc=2, launcher="accelerate",
+        accelerate_config=repository / "configs" / "accelerate" / "deepspeed_zero2.yaml",
+        env={"TORCH_EXTENSIONS_DIR": str(repository / ".cache" / "torch_extensions")}, timeout=900)
+    runs = load_multiprocess().read_json_lines(result.stdout)
+    assert sorted(run["rank"] for run in runs) == [0, 1]
+    for run in runs:
+        assert run["distributed_type"] == "DistributedType.DEEPSPEED" or run["distributed_type"] == "DEEPSPEED"
+        assert run["engine"] == "DeepSpeedEngine" and run["zero_stage"] == 2 and run["world_size"] == 2
+        assert run["same_state_on_all_ranks"]
+        assert run["weights"][B] < 0.5 < 2.0 < run["weights"][A]
+        _assert_close(run["loss_state"]["weighting.log_variances"],
+                      uncertainty_run["loss_state"]["weighting.log_variances"], rtol=1e-3, atol=1e-4)

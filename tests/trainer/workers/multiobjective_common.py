@@ -48,7 +48,11 @@ class TwoHeadRegressor(nn.Module):
     """``features (N, 4) -> logits (N, 2)``: one output per task."""
 
     def __init__(self, seed: int = 0) -> None:
+        from transformers import PretrainedConfig
+
         super().__init__()
+        # DeepSpeed's "auto" bucket sizes are read from config.hidden_size
+        self.config = PretrainedConfig(hidden_size=4)
         torch.manual_seed(seed)
         self.linear = nn.Linear(4, 2)
 
