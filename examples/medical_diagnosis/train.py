@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> str:
                                       objective_metric="expected_cost", direction="minimize")
         tuning_text = tuning_table(trials, "expected_cost")
     settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
-    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models)
+    card = {"dataset": "Wisconsin breast cancer (scikit-learn)"}
+    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models, model_card=card)
     positives = int(np.sum(test_dataset["labels"]))
     intro = (f"Breast cancer (scikit-learn): {len(train_dataset)} training patients, {len(test_dataset)} held out "
              f"({positives} malignant), the {config.num_features} '{args.feature_set}' measurements. "

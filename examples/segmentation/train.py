@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> str:
                                       objective_metric="dice")
         tuning_text = tuning_table(trials, "dice")
     settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
-    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models)
+    card = {"dataset": "stardist 2-D nuclei image", "tasks": "image-segmentation"}
+    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models, model_card=card)
     foreground = float(np.mean([labels.float().mean().item() for labels in test_dataset["labels"]]))
     intro = (f"stardist nuclei image, {args.tile_size}x{args.tile_size} tiles: {len(train_dataset)} training tiles "
              f"(stride {args.train_stride}) from the left part, {len(test_dataset)} held-out tiles from the right-most "

@@ -73,8 +73,12 @@ def with_loss(args: Any, setting: LossSetting, output_dir: str | Path | None = N
 
 
 def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequence[LossSetting],
-                   save_models: bool = True) -> list[RunResult]:
-    """Train and evaluate once per loss setting, each in ``<output_dir>/<setting folder>``, same seed and data."""
+                   save_models: bool = True, model_card: Mapping[str, Any] | None = None) -> list[RunResult]:
+    """Train and evaluate once per loss setting, each in ``<output_dir>/<setting folder>``, same seed and data.
+
+    With ``save_models`` each folder gets the model, ``loss_config.json`` and a model card (``README.md``, with
+    ``model_card`` passed to ``Trainer.create_model_card``: ``finetuned_from``, ``dataset``, ``tasks``...).
+    """
     results = []
     for setting in settings:
         run_dir = Path(args.output_dir) / setting.folder_name()
@@ -91,7 +95,8 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
         metrics = trainer.evaluate()
         if save_models:
             trainer.save_model(str(run_dir))  # weights + loss_config.json
-            trainer.create_model_card(model_name=f"{run_dir.name}")  # README.md with a "Training loss" section
+            # README.md with a "Training loss" section
+            trainer.create_model_card(**{"model_name": run_dir.name, **dict(model_card or {})})
         if trainer.is_world_process_zero():  # the log history, for `hf-losses plot <run_dir>`
             run_dir.mkdir(parents=True, exist_ok=True)
             trainer.state.save_to_json(str(run_dir / "trainer_state.json"))

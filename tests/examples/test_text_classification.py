@@ -63,7 +63,8 @@ def test_demo_smoke_run_with_the_real_minilm(tmp_path, capsys):
     weights = loss_config["class_weight_values"]
     assert weights[0] > 1.0 > weights[1]
     assert (saved / "tokenizer.json").is_file() and (saved / "model.safetensors").is_file()
-    assert "Training loss" in (saved / "README.md").read_text()
+    card = (saved / "README.md").read_text()
+    assert "Training loss" in card and "sentence-transformers/all-MiniLM-L6-v2" in card
 
 
 def test_example_file_is_the_demo():
