@@ -141,6 +141,9 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
         flat_targets = targets.reshape(-1).to(device)
         valid = (flat_targets != ignore_index).nonzero().squeeze(1)
         num_valid = valid.numel()
+        # ignored positions (prompts, padding, the last token) cost nothing: each chunk gathers predicted rows
+        # only (no copy of all rows: that would be O(N*T*H) more memory); without ignored rows, plain slices
+        gather = num_valid < flat_targets.numel()
         weight_mm = weight.to(matmul_dtype)
         bias_mm = None if bias is None else bias.to(matmul_dtype)
         class_weights = None if class_weights is None else class_weights.to(device=device, dtype=acc_dtype)
@@ -151,7 +154,9 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
 
         total = torch.zeros((), dtype=acc_dtype, device=device)
         z_total = torch.zeros((), dtype=acc_dtype, device=device)
-        grad_hidden = torch.zeros_like(rows_all) if need_hidden else None
+        grad_hidden = None
+        if need_hidden:
+            grad_hidden = torch.zeros_like(rows_all) if gather else torch.empty_like(rows_all)
         # float32 accumulation across chunks even for a bf16 head (its .grad is cast once, in backward)
         weight_grad_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         grad_weight = torch.zeros(weight.shape, dtype=weight_grad_dtype, device=device) if need_weight else None
@@ -159,9 +164,12 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
 
         step = chunk_size or default_chunk_size(max(num_valid, 1), hidden_size, vocab_size)
         for start in range(0, num_valid, step):
-            index = valid[start:start + step]
-            rows = rows_all.index_select(0, index).to(matmul_dtype)
-            target = flat_targets.index_select(0, index)
+            if gather:
+                index = valid[start:start + step]
+                rows, target = rows_all.index_select(0, index), flat_targets.index_select(0, index)
+            else:
+                rows, target = rows_all[start:start + step], flat_targets[start:start + step]
+            rows = rows.to(matmul_dtype)
             if bias_mm is None:
                 logits_mm = rows @ weight_mm.t()
             else:
@@ -214,15 +222,20 @@ def _linear_cross_entropy_chunks(hidden_states: Tensor, targets: Tensor, weight:
                 del tanh
             grad_mm = grad.to(matmul_dtype)
             if need_hidden:
-                grad_hidden.index_copy_(0, index, (grad_mm @ weight_mm).to(grad_hidden.dtype))
+                if gather:
+                    grad_hidden.index_copy_(0, index, (grad_mm @ weight_mm).to(grad_hidden.dtype))
+                elif grad_hidden.dtype == matmul_dtype:
+                    torch.mm(grad_mm, weight_mm, out=grad_hidden[start:start + step])
+                else:
+                    grad_hidden[start:start + step] = grad_mm @ weight_mm
             if need_weight:
                 _accumulate_weight_grad(grad_weight, grad, grad_mm, rows)
             if need_bias:
                 grad_bias += grad.sum(0)
             del grad, grad_mm, z
 
-    if grad_hidden is not None:
-        grad_hidden = grad_hidden.view(hidden_states.shape)
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.view(hidden_states.shape)
     return total * scale, z_total * scale, grad_hidden, grad_weight, grad_bias
 
 

@@ -142,6 +142,17 @@ def test_shift_labels_replace_the_shifted_labels():
     assert loss.num_items(labels, shift_labels=shift_labels)["label"] == (shift_labels != -100).sum()
 
 
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_no_ignored_position_takes_the_slicing_path_and_stays_exact(chunk_size):
+    hidden, _, weight, bias = make_inputs()
+    shift_labels = torch.randint(0, V, (N, T), generator=torch.Generator().manual_seed(5))  # every position counts
+    value = get_loss("causal_lm", chunk_size=chunk_size)(hidden, None, weight=weight, bias=bias,
+                                                          shift_labels=shift_labels)
+    expected = ForCausalLMLoss(hidden @ weight.t() + bias, None, vocab_size=V, shift_labels=shift_labels)
+    assert torch.allclose(value, expected, rtol=1e-5, atol=0)
+    assert_close_relative(gradients(value, (hidden, weight, bias)), gradients(expected, (hidden, weight, bias)), 1e-5)
+
+
 def test_num_items_counts_shifted_non_ignored_tokens():
     labels = torch.tensor([[-100, 4, 5, -100, 6], [1, 2, -100, -100, -100]])
     # shifted targets: [4, 5, -100, 6, pad] and [2, -100, -100, -100, pad] -> 3 + 1
