@@ -231,9 +231,9 @@ def test_schedule_drives_the_diversity_weight():
 @pytest.mark.parametrize("kwargs,logits_shape,error,match", [
     ({"top_k": 0}, None, ValueError, "`top_k` must be an int >= 1, got 0"),
     ({"sampled_negatives": -1}, None, ValueError, "`sampled_negatives` must be an int >= 0"),
-    ({"negative_sampling": "zipf"}, None, TypeError, "'negative_sampling' must be one of 'uniform', 'popularity'"),
+    ({"negative_sampling": "zipf"}, None, ValueError, "'negative_sampling' must be one of 'uniform', 'popularity'"),
     ({"diversity_weight": -1.0}, None, ValueError, r"`diversity_weight` must be in \[0, inf\]"),
-    ({"weighting": "gradnorm"}, None, TypeError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
+    ({"weighting": "gradnorm"}, None, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
     ({"item_popularity": [1.0, -2.0]}, None, ValueError, "every entry of `item_popularity` must be >= 0"),
     ({"item_embeddings": torch.ones(3)}, None, ValueError, "`item_embeddings` must be 2-D"),
     ({"item_embeddings": [1.0, 2.0]}, None, TypeError, "'item_embeddings' must be"),

@@ -272,7 +272,7 @@ def test_composite_uncertainty_all_ignored_gives_zero_with_zero_gradient():
 
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"schedules": {"dice": 1.0}}, ValueError, r"`schedules` names \['dice'\] which are not components"),
-    ({"weighting": "gradnorm"}, TypeError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
+    ({"weighting": "gradnorm"}, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
     ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\]"),
     ({"dwa_period_steps": 0}, ValueError, "`dwa_period_steps` must be an int >= 1, got 0"),
     ({"schedules": {"focal": {"schedule": "linear"}}}, ValueError, r"missing \['start_value'"),
