@@ -155,6 +155,9 @@ class ComponentWeighting(nn.Module):
         initial_log_variance = check_number(owner, "initial_log_variance", initial_log_variance, minimum=None)
         count = len(self.names)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # a host copy of `step`, so that forward never waits on the device to read it
+        self._step = 0
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._sync_step())
         if self.weighting == "uncertainty":
             self.log_variances = nn.Parameter(torch.full((count,), initial_log_variance, dtype=torch.float32))
         else:
@@ -173,10 +176,13 @@ class ComponentWeighting(nn.Module):
         if step < 0:
             raise ValueError(f"{self.owner}: set_step needs a step >= 0, got {step}.")
         self.step.fill_(step)
+        self._step = step
         if self.weighting == "dwa":
-            period = step // self.dwa_period_steps
-            while int(self.dwa_period) < period:
+            missing = step // self.dwa_period_steps - int(self.dwa_period)
+            for _ in range(min(missing, 2)):  # beyond two closed periods the history holds only empty ones
                 self._close_dwa_period()
+            if missing > 2:
+                self.dwa_period.fill_(step // self.dwa_period_steps)
 
     def _close_dwa_period(self) -> None:
         """Shift the finished period's means into the history and recompute ``lambda = K softmax(r / T)``."""
@@ -189,11 +195,14 @@ class ComponentWeighting(nn.Module):
         self.dwa_period += 1
         self.dwa_lambdas.copy_(dwa_lambdas(self.dwa_history[1], self.dwa_history[0], self.temperature))
 
+    def _sync_step(self) -> None:
+        self._step = int(self.step)
+
     # ------------------------------------------------------------------------------------------ weights
     def scheduled_weight(self, name: str) -> float:
         """Static weight x schedule multiplier at the current step."""
         schedule = self.schedules.get(name)
-        multiplier = 1.0 if schedule is None else schedule.value(int(self.step))
+        multiplier = 1.0 if schedule is None else schedule.value(self._step)
         return self.static_weights[name] * multiplier
 
     def is_active(self, name: str) -> bool:
@@ -236,7 +245,7 @@ class ComponentWeighting(nn.Module):
                                                                                               torch.float32))
                 term = weight * (torch.exp(-log_variance) * value + item_fractions[name] * log_variance)
             elif self.weighting == "dwa":
-                term = (weight * float(self.dwa_lambdas[index])) * value
+                term = weight * self.dwa_lambdas[index].to(value) * value
             else:
                 term = weight * value
             total = term if total is None else total + term
@@ -269,7 +278,7 @@ class ComponentWeighting(nn.Module):
 
 
 def dwa_lambdas(last_means: Tensor, previous_means: Tensor, temperature: float) -> Tensor:
-    """``K * softmax(r / T)`` with ``r = last / previous``; all ones while a ratio is unknown (Liu et al. 2019, eq. 7)."""
+    """``K * softmax(r / T)`` with ``r = last / previous`` (Liu et al. 2019); all ones while a ratio is unknown."""
     ratios = last_means / previous_means
     if not torch.isfinite(ratios).all():
         return torch.ones_like(last_means, dtype=torch.float32)

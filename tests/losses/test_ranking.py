@@ -1,4 +1,4 @@
-"""relevance_diversity: CE when diversity is off, penalties equal their formulas written as loops, decomposes, gradcheck."""
+"""relevance_diversity: CE when diversity is off, penalties equal their formulas as loops, decomposes, gradcheck."""
 
 import math
 

@@ -282,3 +282,13 @@ def test_composite_invalid_weighting_arguments_raise(kwargs, error, match):
 
     with pytest.raises(error, match=match):
         get_loss("composite", components=["cross_entropy", "focal"], **kwargs)
+
+
+def test_dwa_jump_over_many_periods_leaves_an_empty_history():
+    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="dwa", dwa_period_steps=2)
+    _dwa_run(weighting, [(4.0, 1.0), (4.0, 1.0), (2.0, 1.0), (2.0, 1.0), (1.0, 1.0), (1.0, 1.0)])
+    assert weighting.effective_weights() != {"a": 1.0, "b": 1.0}
+    weighting.set_step(10**9)
+    # the period in progress closes with its data, every later one is empty
+    assert int(weighting.dwa_period) == 10**9 // 2 and torch.isnan(weighting.dwa_history[1]).all()
+    assert weighting.effective_weights() == {"a": 1.0, "b": 1.0}
