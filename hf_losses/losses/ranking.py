@@ -85,6 +85,10 @@ class RelevanceDiversityLoss(Loss):
     ``(V, D)`` tensor or nested list, e.g. genre vectors) or later with :meth:`set_item_embeddings` -- passing the
     model's output embedding matrix keeps a live view of it (no copy, no gradient). Item counts (training-set
     interactions per item) go in ``item_popularity`` or :meth:`set_item_popularity`.
+
+    ``last_components`` holds each unweighted term of the latest call, reduced like the loss (sum over this call's
+    rows / ``num_items_in_batch``, or the mean without it): summed over an accumulation window they give the step's
+    mean, which is how ``LossTrainer`` logs ``loss/relevance``, ``loss/diversity``, ``loss/popularity``.
     """
 
     summary = "Next-item softmax CE (optionally sampled, logQ-corrected) + top-k diversity and popularity penalties."
@@ -213,7 +217,7 @@ class RelevanceDiversityLoss(Loss):
             values = {name: reduce_by_items(total, count, num_items_in_batch, self.item_unit)
                       for name, total in sums.items()}
             fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit))
-            self.last_components = {name: (total / count.clamp(min=1)).detach() for name, total in sums.items()}
+            self.last_components = {name: value.detach() for name, value in values.items()}
             return self.weighting.combine(values, {name: fraction for name in values})
 
     def extra_repr(self) -> str:

@@ -150,6 +150,19 @@ def test_gradient_equal_across_accumulation(weighting):
         torch.testing.assert_close(split_parameter.grad, whole_parameter.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_last_components_add_up_over_micro_batches_to_the_batch_means():
+    logits, labels, embeddings, _ = _batch()
+    loss = get_loss("relevance_diversity", diversity_weight=0.5, item_embeddings=embeddings, top_k=3)
+    loss(logits, labels)
+    whole = dict(loss.last_components)
+    parts = {"relevance": 0.0, "diversity": 0.0}
+    for z, y in zip(logits.split(4), labels.split(4)):
+        loss(z, y, num_items_in_batch=8)
+        parts = {name: parts[name] + loss.last_components[name] for name in parts}
+    for name in parts:
+        torch.testing.assert_close(parts[name], whole[name])
+
+
 def test_uncertainty_value_is_kendall_formula():
     logits, labels, embeddings, _ = _batch()
     loss = get_loss("relevance_diversity", diversity_weight=0.5, item_embeddings=embeddings, weighting="uncertainty",
