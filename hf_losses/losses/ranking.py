@@ -191,19 +191,22 @@ class RelevanceDiversityLoss(Loss):
         if self.weighting.is_active("relevance") and not self.sampled_negatives:
             # on the full batch with ignore_index: bit-for-bit F.cross_entropy's mean after the division by count
             sums["relevance"] = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
-        logits, labels = logits[valid], labels[valid]
+        # the other terms are computed on every row and masked (no copy of the (N, V) scores, no device sync)
+        zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
         if self.weighting.is_active("relevance") and self.sampled_negatives:
             log_q = self._log_sampling_probabilities(logits.shape[1], logits.device)
             negatives = torch.multinomial(log_q.exp(), self.sampled_negatives, replacement=True)
-            sums["relevance"] = sampled_softmax_cross_entropy(logits, labels, negatives, log_q).sum()
+            relevance = sampled_softmax_cross_entropy(logits, labels.masked_fill(~valid, 0), negatives, log_q)
+            sums["relevance"] = torch.where(valid, relevance, zero).sum()
         if self.weighting.is_active("diversity") or self.weighting.is_active("popularity"):
             indices, mass = top_k_mass(logits, self.top_k)
             if self.weighting.is_active("diversity"):
                 embeddings = self.item_embeddings.to(logits.device)
-                sums["diversity"] = diversity_penalty(mass, indices, embeddings).sum()
+                sums["diversity"] = torch.where(valid, diversity_penalty(mass, indices, embeddings), zero).sum()
             if self.weighting.is_active("popularity"):
                 popularity = self.item_popularity.to(logits.device)
-                sums["popularity"] = popularity_penalty(mass, indices, popularity / popularity.max()).sum()
+                penalty = popularity_penalty(mass, indices, popularity / popularity.max())
+                sums["popularity"] = torch.where(valid, penalty, zero).sum()
         return sums, count
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
