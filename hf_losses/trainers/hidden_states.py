@@ -94,8 +94,11 @@ def lm_hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any], loss:
     module = captured["module"]
     if "weight" in captured:  # ZeRO-3
         output = captured.get("output")
-        weight = _GradientThrough.apply(captured["weight"], output) if output is not None else captured["weight"]
-        return captured["hidden"], weight, captured["bias"]
+        weight, bias = captured["weight"], captured["bias"]
+        if output is not None:
+            weight = _GradientThrough.apply(weight, output)
+            bias = None if bias is None else _GradientThrough.apply(bias, output)
+        return captured["hidden"], weight, bias
     return captured["hidden"], module.weight, module.bias
 
 
@@ -118,7 +121,7 @@ def check_logit_processing(model: nn.Module, softcap: float | None = None, stric
 
 
 class _GradientThrough(torch.autograd.Function):
-    """Identity on ``weight``; in backward also sends a (zero, empty) gradient into the head's output.
+    """Identity on ``weight`` (or bias); in backward also sends a (zero, empty) gradient into the head's output.
 
     Under ZeRO-3 the head's output carries DeepSpeed's pre-backward hook, which gathers the partitioned weight
     again before its gradient is accumulated (the weight's gradient node waits for both paths).
