@@ -143,6 +143,20 @@ def write_report(output_dir: str | Path, title: str, intro: str, results: Sequen
     return table, results_path, plot_path
 
 
+def tuning_table(trials: Sequence[Mapping[str, Any]], metric: str) -> str:
+    """Markdown table of the optuna trials (parameters and objective), as returned by :func:`tune_loss`."""
+    if not trials:
+        return ""
+    names = sorted({key for trial in trials for key in trial["params"]})
+    lines = ["Tuning (optuna, trainer.hyperparameter_search):", "",
+             "| trial | " + " | ".join(names) + f" | {metric} |", "|---" * (len(names) + 2) + "|"]
+    for trial in trials:
+        values = [f"{trial['params'].get(name, float('nan')):.4g}" for name in names]
+        objective = "n/a" if trial["objective"] is None else f"{trial['objective']:.4f}"
+        lines.append(f"| {trial['trial']} | " + " | ".join(values) + f" | {objective} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ tuning
 def default_search_space(loss_type: str) -> Callable[[Any], dict[str, Any]]:
     """An optuna search space over the loss's own parameters, for ``Trainer.hyperparameter_search``.

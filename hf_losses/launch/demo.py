@@ -21,6 +21,7 @@ import importlib.util
 import io
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,7 +184,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Any, DemoArgumen
         parser.exit(2, f"{parser.prog}: error: {message} (see '{parser.prog} --help')\n")
 
     parser.error = one_line_error
-    training_args, demo_args = parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    training_args, demo_args = parser.parse_args_into_dataclasses(args=argv)
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if "--loss_type" in flags and "--class_weights" not in flags:
+        training_args.class_weights = None  # the default weights belong to the default loss only
     return training_args, demo_args
 
 
@@ -198,7 +203,7 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
-    from hf_losses.launch.comparison import LossSetting, compare_losses, tune_loss, write_report
+    from hf_losses.launch.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
     from hf_losses.trainers import LossTrainer
 
     model_path = demo_args.model_name_or_path or default_model_path()
@@ -259,20 +264,6 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
             plot_metrics=("eval_macro_f1", f"eval_recall_{MINORITY}"), extra=tuning_text)
         print(f"\n{intro}\n\n{table}\n\nwrote {results_path}" + (f" and {plot_path}" if plot_path else ""))
     return table
-
-
-def tuning_table(trials: Sequence[dict[str, Any]], metric: str) -> str:
-    """Markdown table of the optuna trials (parameters and objective)."""
-    if not trials:
-        return ""
-    names = sorted({key for trial in trials for key in trial["params"]})
-    lines = ["Tuning (optuna, trainer.hyperparameter_search):", "",
-             "| trial | " + " | ".join(names) + f" | {metric} |", "|---" * (len(names) + 2) + "|"]
-    for trial in trials:
-        values = [f"{trial['params'].get(name, float('nan')):.4g}" for name in names]
-        objective = "n/a" if trial["objective"] is None else f"{trial['objective']:.4f}"
-        lines.append(f"| {trial['trial']} | " + " | ".join(values) + f" | {objective} |")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -73,3 +73,13 @@ def test_example_file_is_the_demo():
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in ("--minority_fraction", "--tune_trials", "--loss_type", "--max_train_samples"):
         assert flag in result.stdout
+
+
+def test_naming_another_loss_drops_the_default_class_weights():
+    training_args, _ = demo.parse_arguments(["--loss_type", "focal", "--output_dir", "unused"])
+    assert (training_args.loss_type, training_args.class_weights) == ("focal", None)
+    training_args, _ = demo.parse_arguments(["--loss_type", "focal", "--class_weights", "balanced",
+                                             "--output_dir", "unused"])
+    assert training_args.class_weights == "balanced"
+    training_args, _ = demo.parse_arguments(["--output_dir", "unused"])
+    assert (training_args.loss_type, training_args.class_weights) == ("cross_entropy", "balanced")
