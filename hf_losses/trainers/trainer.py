@@ -47,6 +47,7 @@ from hf_losses.tasks import Task, build_task, unwrap
 from hf_losses.trainers.arguments import build_loss, fill_class_information, missing_count_parameters
 from hf_losses.trainers.callbacks import ComponentAverager, LossStateCallback, weights_to_log
 from hf_losses.trainers.class_weights import WEIGHT_METHODS, class_counts, label_column_of, weights_from_counts
+from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
 from hf_losses.trainers.model_card import (
     LOSS_CONFIG_NAME,
     LOSS_STATE_NAME,
@@ -280,7 +281,7 @@ class LossTrainer(Trainer):
             loss_fn.set_step(self.state.global_step)
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "shift_labels")}
         if getattr(loss_fn, "takes_hidden_states", False):
-            hidden_states, weight, bias = _hidden_states_and_head(model, model_inputs, loss_fn)
+            hidden_states, weight, bias = lm_hidden_states_and_head(model, model_inputs, loss=loss_fn)
             loss = loss_fn(hidden_states, inputs.get("labels"), weight=weight, bias=bias,
                            num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
             outputs = {"last_hidden_state": hidden_states}
@@ -418,24 +419,3 @@ class LossTrainer(Trainer):
                     shutil.copy(source, os.path.join(self.args.output_dir, name))
         super()._push_from_checkpoint(checkpoint_folder)
 
-
-def _hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any],
-                            loss: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Final hidden states and LM head ``(weight, bias)`` without computing the logits.
-
-    Uses ``hf_losses.trainers.hidden_states.lm_hidden_states_and_head`` (DDP, DeepSpeed, PEFT, soft-capping...);
-    until that module exists, a plain unwrapped model's base model and output embeddings are used."""
-    try:
-        from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
-    except ModuleNotFoundError as error:
-        if error.name != "hf_losses.trainers.hidden_states":
-            raise
-    else:
-        return lm_hidden_states_and_head(model, inputs, loss=loss)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if head is None or base is None or base is model:
-        raise NotImplementedError(f"hidden-state losses need hf_losses.trainers.hidden_states for "
-                                  f"{type(model).__name__} (wrapped or without a base model / output embeddings).")
-    hidden_states = base(**inputs)[0]
-    return hidden_states, head.weight, getattr(head, "bias", None)
