@@ -92,7 +92,7 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
         if trainer.is_world_process_zero():
             print(f"=== trained with {setting.label}: {seconds:.1f} s, world size {run_args.world_size}, model run as "
                   f"{type(trainer.model_wrapped).__name__}")
-        metrics = trainer.evaluate()
+        metrics = last_evaluation(trainer.state) or trainer.evaluate()
         if save_models:
             trainer.save_model(str(run_dir))  # weights + loss_config.json
             # README.md with a "Training loss" section
@@ -103,6 +103,14 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
         results.append(RunResult(setting, {k: float(v) for k, v in metrics.items() if _is_number(v)},
                                  list(trainer.state.log_history), seconds, str(run_dir)))
     return results
+
+
+def last_evaluation(state: Any) -> dict[str, float] | None:
+    """The eval metrics logged at the final step, if the run evaluated there (saves evaluating twice)."""
+    for record in reversed(state.log_history):
+        if "eval_loss" in record:
+            return dict(record) if record.get("step") == state.global_step else None
+    return None
 
 
 # ------------------------------------------------------------------------------------------ tables

@@ -164,8 +164,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 10,
     "weight_decay": 0.01,
     "logging_steps": 10,
-    "eval_strategy": "steps",
-    "eval_steps": 0.25,  # four evaluations per run, for the curves
+    "eval_strategy": "epoch",
     "save_strategy": "no",
     "report_to": "none",
     "seed": 42,
