@@ -240,7 +240,6 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
     tune_args = dataclasses.replace(with_loss(args, setting, Path(args.output_dir) / "tuning"),
                                     save_strategy="no", report_to=[])
     trainer = make_trainer(tune_args)
-    _apply_trial_before_model_init(trainer, hp_space)
     best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective, n_trials=n_trials,
                                          direction=direction, backend="optuna",
                                          sampler=optuna.samplers.TPESampler(seed=seed))
@@ -250,27 +249,6 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
                         dict(chosen.get("loss_kwargs", setting.loss_kwargs)), setting.class_weights)
     tuned.label = "tuned " + tuned.describe()
     return tuned, [trials[number] for number in sorted(trials)]
-
-
-def _apply_trial_before_model_init(trainer: Any, hp_space: Callable[[Any], dict[str, Any]]) -> None:
-    """Put the trial's parameters into ``trainer.args`` before ``model_init`` runs.
-
-    ``Trainer.train(trial=...)`` calls ``model_init`` -- where LossTrainer builds the loss for the new model --
-    *before* ``_hp_search_setup`` copies the trial's parameters into the arguments, so without this each trial
-    would train with the previous trial's loss parameters. Setting them twice is harmless (same values).
-    """
-    import inspect
-
-    original = trainer.model_init
-    takes_trial = len(inspect.signature(original).parameters) >= 1
-
-    def model_init(trial: Any = None) -> Any:
-        if trial is not None and not isinstance(trial, dict):
-            for key, value in hp_space(trial).items():
-                setattr(trainer.args, key, value)
-        return original(trial) if takes_trial else original()
-
-    trainer.model_init = model_init
 
 
 def _broadcast(value: Any) -> Any:

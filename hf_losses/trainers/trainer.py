@@ -199,6 +199,18 @@ class LossTrainer(Trainer):
             self._setup_loss(model)
         return model
 
+    def _hp_search_setup(self, trial: Any) -> None:
+        """A search trial's ``loss_kwargs``/``loss_type`` reach ``args`` only here, after ``call_model_init`` built
+        the loss (transformers 5.24 order): validate them and rebuild the loss, else each trial would train with
+        the previous trial's loss parameters."""
+        super()._hp_search_setup(trial)
+        if trial is None or self._explicit_loss is not None or not getattr(self, "_loss_ready", False):
+            return
+        validate = getattr(self.args, "_validate_loss", None)
+        if validate is not None:
+            validate()
+        self._setup_loss(self.model)
+
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Loss parameters (learned log-variances...) get no weight decay: it would bias them towards 0."""
         return [name for name in super().get_decay_parameter_names(model)

@@ -59,10 +59,6 @@ def test_two_optuna_trials_train_with_the_proposed_focal_gamma(example, tmp_path
     assert tuned.loss_type == "focal" and tuned.loss_kwargs == pytest.approx({"gamma": best["params"]["gamma"]})
 
 
-@pytest.mark.xfail(strict=True, reason="LossTrainer builds the loss in call_model_init, which Trainer.train runs "
-                   "before _hp_search_setup copies the trial's parameters into args: each trial trains with the "
-                   "previous trial's loss_kwargs (fix: rebuild the loss in LossTrainer._hp_search_setup). "
-                   "tune_loss works around it; remove this mark when the trainer is fixed.")
 def test_plain_hyperparameter_search_trains_each_trial_with_its_own_loss_parameters(example, tmp_path):
     make_trainer, args, recorder = tiny_setup(example, tmp_path, loss_type="focal", loss_kwargs={"gamma": 2.0})
     trainer = make_trainer(args)
