@@ -152,10 +152,6 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
             raise ValueError(f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}; "
                              f"found {bad}.")
     else:
-        if not labels.is_floating_point() and labels.dtype != torch.bool and labels.dtype not in (
-            torch.long, torch.int, torch.int8, torch.uint8, torch.int16
-        ):
-            raise TypeError(f"{owner}: `labels` must be float targets shaped like the logits, got {labels.dtype}.")
         if not labels.is_floating_point():
             raise TypeError(f"{owner}: `labels` must be float multi-label targets (0./1.) shaped like the logits, "
                             f"got integer dtype {labels.dtype}; for class indices use 'cross_entropy' or 'focal'.")
