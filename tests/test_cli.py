@@ -5,19 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-# pytest puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess` that `datasets`
-# (imported by the Trainer) needs: import the real one first.
-if not hasattr(sys.modules.get("multiprocess"), "__path__"):
-    sys.modules.pop("multiprocess", None)
-    _tests_dir, _saved = str(Path(__file__).resolve().parent), list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != _tests_dir]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = _saved
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import yaml

@@ -4,19 +4,6 @@ checked against scikit-learn, hand-computed cases and the cost_sensitive module'
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
-
-# pytest puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess` that `datasets`
-# (imported by `evaluate`) needs: import the real one first.
-if not hasattr(sys.modules.get("multiprocess"), "__path__"):
-    sys.modules.pop("multiprocess", None)
-    _tests_dir, _saved = str(Path(__file__).resolve().parent), list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != _tests_dir]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = _saved
 
 import numpy as np
 import pytest

@@ -10,8 +10,6 @@ the factor DDP's averaging removes; see the docstring of hf_losses/distributed.p
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from hf_losses.distributed import (
     sum_across_processes,
     world_size,
 )
+from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -38,22 +37,10 @@ EXPECTED_CASES = {f"{name}_{split}" for name in SEGMENTATION for split in ("4+4"
     f"info_nce_{kind}_{split}" for kind in ("one_way", "symmetric") for split in ("4+4", "5+3")}
 
 
-def _multiprocess_module():
-    # tests/multiprocess.py by path: `tests` is shadowed by a site-packages package and `multiprocess` by PyPI's
-    name = "hf_losses_tests_multiprocess"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "multiprocess.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def records() -> list[dict]:
-    multiprocess = _multiprocess_module()
-    completed = multiprocess.launch(WORKER, nproc=2, launcher="torchrun", timeout=300)
-    return multiprocess.read_json_lines(completed.stdout)
+    completed = launch(WORKER, nproc=2, launcher="torchrun", timeout=300)
+    return read_json_lines(completed.stdout)
 
 
 @pytest.mark.multiprocess

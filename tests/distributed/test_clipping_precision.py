@@ -8,51 +8,23 @@ probes, DeepSpeed launch). The refusals (fp16 or FSDP without a GPU) are checked
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORKER = HERE / "workers" / "clipping_worker.py"
 
 
-def _import_real_multiprocess() -> None:
-    # tests/conftest.py puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess`
-    # package that `datasets` (imported by the Trainer) needs: import the real one first.
-    tests_dir = str(REPO / "tests")
-    if hasattr(sys.modules.get("multiprocess"), "__path__"):
-        return
-    sys.modules.pop("multiprocess", None)
-    saved = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != tests_dir]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
-def _multiprocess_module():
-    # tests/multiprocess.py by path: `tests` is shadowed by a site-packages package and `multiprocess` by PyPI's
-    name = "hf_losses_tests_multiprocess"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "multiprocess.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    multiprocess = _multiprocess_module()
-    completed = multiprocess.launch(WORKER, nproc=2, launcher="accelerate",
-                                    accelerate_config=REPO / "configs" / "accelerate" / "cpu_multiprocess.yaml",
-                                    timeout=600)
-    records = multiprocess.read_json_lines(completed.stdout)
+    completed = launch(WORKER, nproc=2, launcher="accelerate",
+                       accelerate_config=REPO / "configs" / "accelerate" / "cpu_multiprocess.yaml", timeout=600)
+    records = read_json_lines(completed.stdout)
     by_case = {record["case"]: record for record in records}
     assert sorted(by_case) == ["ddp_bf16", "ddp_clip_none_needed", "ddp_clip_small"], completed.stdout[-3000:]
     return by_case
@@ -107,7 +79,6 @@ def _cpu_only():
 
 def test_fp16_without_gpu_is_refused_with_an_actionable_message(tmp_path):
     _cpu_only()
-    _import_real_multiprocess()
     from hf_losses import LossTrainingArguments
     from hf_losses.trainers.launch_checks import LaunchConfigError
 
@@ -117,7 +88,6 @@ def test_fp16_without_gpu_is_refused_with_an_actionable_message(tmp_path):
 
 def test_fsdp_without_gpu_is_refused_instead_of_silent_ddp(tmp_path):
     _cpu_only()
-    _import_real_multiprocess()
     from hf_losses import LossTrainingArguments
     from hf_losses.trainers.launch_checks import LaunchConfigError
 
@@ -126,7 +96,6 @@ def test_fsdp_without_gpu_is_refused_instead_of_silent_ddp(tmp_path):
 
 
 def test_deepspeed_json_contradicting_arguments_fails_at_construction(tmp_path):
-    _import_real_multiprocess()
     pytest.importorskip("deepspeed")
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 

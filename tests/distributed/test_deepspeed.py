@@ -11,12 +11,12 @@ trains with bfloat16 parameters and finite losses.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -27,26 +27,14 @@ STAGES = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def _multiprocess_module():
-    # tests/multiprocess.py by path: `tests` is shadowed by a site-packages package and `multiprocess` by PyPI's
-    name = "hf_losses_tests_multiprocess"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "multiprocess.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def results() -> dict[tuple[str, str], dict]:
     pytest.importorskip("deepspeed")
-    multiprocess = _multiprocess_module()
-    completed = multiprocess.launch(
+    completed = launch(
         WORKER, nproc=2, launcher="accelerate",
         accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
         env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}, timeout=840)
-    records = multiprocess.read_json_lines(completed.stdout)
+    records = read_json_lines(completed.stdout)
     by_case = {(record["config"], record["case"]): record for record in records}
     assert len(by_case) == len(records) == 12, completed.stdout[-3000:]
     return by_case
@@ -122,11 +110,9 @@ def test_bf16_on_cpu_trains_with_bfloat16_parameters_and_finite_losses(results, 
 def test_single_process_deepspeed_started_with_plain_python_runs():
     # upstream: "No module named 'mpi4py'"; LossTrainingArguments' launch check sets RANK=0, WORLD_SIZE=1, ...
     pytest.importorskip("deepspeed")
-    multiprocess = _multiprocess_module()
-    completed = multiprocess.launch(HERE / "workers" / "deepspeed_single_worker.py", launcher="python",
-                                    env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")},
-                                    timeout=600)
-    (record,) = multiprocess.read_json_lines(completed.stdout)
+    completed = launch(HERE / "workers" / "deepspeed_single_worker.py", launcher="python",
+                       env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}, timeout=600)
+    (record,) = read_json_lines(completed.stdout)
     assert record["absent_before"] == ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
     assert record["world_size_env"] == "1"
     assert record["distributed_type"] == "DEEPSPEED" and record["wrapper"] == "DeepSpeedEngine"

@@ -1,20 +1,9 @@
-"""Example tests: the real `multiprocess` package before `datasets`, one torch thread per process."""
+"""Example tests: the example helpers importable, one torch thread per process."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# pytest puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess` that `datasets`
-# imports: load the real one first.
-if not hasattr(sys.modules.get("multiprocess"), "__path__"):
-    sys.modules.pop("multiprocess", None)
-    _tests_dir, _saved = str(Path(__file__).resolve().parents[1]), list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != _tests_dir]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = _saved
 
 _here = str(Path(__file__).resolve().parent)
 if _here not in sys.path:

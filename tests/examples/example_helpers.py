@@ -24,16 +24,3 @@ def load_example(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def multiprocess_helpers() -> ModuleType:
-    """``tests/multiprocess.py`` (``launch``) loaded by path: the name ``multiprocess`` belongs to the PyPI package
-    that ``datasets`` imports."""
-    module_name = "hf_losses_tests_multiprocess"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "tests" / "multiprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from example_helpers import REPO_ROOT, multiprocess_helpers
+from example_helpers import REPO_ROOT
+from launching import launch
 
 
 @pytest.mark.multiprocess
 def test_medical_example_under_accelerate_launch_with_two_processes_and_tuning(tmp_path):
-    result = multiprocess_helpers().launch(REPO_ROOT / "examples" / "medical_diagnosis" / "train.py",
+    result = launch(REPO_ROOT / "examples" / "medical_diagnosis" / "train.py",
                     "--output_dir", str(tmp_path), "--max_train_samples", "64", "--max_steps", "2",
                     "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--disable_tqdm", "True",
                     "--tune_trials", "2", "--save_models", "False",

@@ -9,27 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
-
-
-def _import_real_multiprocess() -> None:
-    # tests/conftest.py puts tests/ on sys.path, where tests/multiprocess.py shadows the PyPI `multiprocess`
-    # package that `datasets` (imported by the Trainer) needs: import the real one first.
-    tests_dir = str(Path(__file__).resolve().parents[1])
-    if hasattr(sys.modules.get("multiprocess"), "__path__"):
-        return
-    sys.modules.pop("multiprocess", None)
-    saved = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != tests_dir]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
-_import_real_multiprocess()
 
 import pytest
 import torch

@@ -11,18 +11,6 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-# pytest's default import mode puts tests/ on sys.path (tests/conftest.py), where tests/multiprocess.py shadows
-# the PyPI `multiprocess` package that `datasets` imports: load the real one first.
-_TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if not hasattr(sys.modules.get("multiprocess"), "__path__"):
-    sys.modules.pop("multiprocess", None)
-    _saved = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if str(Path(entry or ".").resolve()) != _TESTS_DIR]
-    try:
-        import multiprocess  # noqa: F401
-    finally:
-        sys.path[:] = _saved
-
 import pytest
 import torch
 

@@ -204,17 +204,16 @@ DISTRIBUTED_CASES = [("gpt2_tied", 2, 2), ("llama_lora", 4, 1)]  # (model, per-d
 
 
 def _launch(mode: str) -> list[dict]:
-    from tiny_tasks import load_multiprocess
+    from launching import launch, read_json_lines
 
-    multiprocess = load_multiprocess()
     env = {"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "OMP_NUM_THREADS": "1"}
     if mode == "ddp":
-        completed = multiprocess.launch(__file__, "ddp", nproc=2, env=env, timeout=600)
+        completed = launch(__file__, "ddp", nproc=2, env=env, timeout=600)
     else:
-        completed = multiprocess.launch(__file__, "deepspeed", nproc=2, launcher="accelerate", env=env,
-                                        accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
-                                        timeout=840)
-    return multiprocess.read_json_lines(completed.stdout)
+        completed = launch(__file__, "deepspeed", nproc=2, launcher="accelerate", env=env,
+                            accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
+                            timeout=840)
+    return read_json_lines(completed.stdout)
 
 
 def _check_records(records: list[dict], expected_cases: list[tuple[str, ...]]) -> None:

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "workers"))
 
+from launching import launch, read_json_lines  # noqa: E402
 from multiobjective_common import NOISE_STD, summary, train  # noqa: E402
-from tiny_tasks import load_multiprocess  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "workers" / "multiobjective_worker.py"
 STEPS = 60
@@ -69,8 +69,8 @@ def test_uncertainty_training_is_the_same_with_gradient_accumulation(uncertainty
 
 @pytest.mark.multiprocess
 def test_two_processes_learn_the_same_weights_and_keep_them_in_sync(uncertainty_run, dwa_run):
-    result = load_multiprocess().launch(WORKER, str(STEPS), nproc=2, timeout=900)
-    runs = load_multiprocess().read_json_lines(result.stdout)
+    result = launch(WORKER, str(STEPS), nproc=2, timeout=900)
+    runs = read_json_lines(result.stdout)
     assert sorted((run["run"], run["rank"]) for run in runs) == sorted(
         (name, rank) for name in ("uncertainty-1", "uncertainty-2", "dwa-1") for rank in (0, 1))
     for run in runs:
@@ -145,11 +145,11 @@ def test_uncertainty_state_round_trips_through_a_checkpoint_and_is_not_a_model_w
 def test_deepspeed_zero2_trains_the_learned_weights(uncertainty_run):
     pytest.importorskip("deepspeed")
     repository = Path(__file__).resolve().parents[2]
-    result = load_multiprocess().launch(
+    result = launch(
         WORKER.parent / "multiobjective_deepspeed_worker.py", str(STEPS), nproc=2, launcher="accelerate",
         accelerate_config=repository / "configs" / "accelerate" / "deepspeed_zero2.yaml",
         env={"TORCH_EXTENSIONS_DIR": str(repository / ".cache" / "torch_extensions")}, timeout=900)
-    runs = load_multiprocess().read_json_lines(result.stdout)
+    runs = read_json_lines(result.stdout)
     assert sorted(run["rank"] for run in runs) == [0, 1]
     for run in runs:
         assert run["distributed_type"] == "DistributedType.DEEPSPEED" or run["distributed_type"] == "DEEPSPEED"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from exactness_cases import cases, ignored_labels, num_classes, reference_loss
-from tiny_tasks import as_batch, load_multiprocess, reference_gradient, relative_error
+from launching import launch, read_json_lines
+from tiny_tasks import as_batch, reference_gradient, relative_error
 
 pytestmark = pytest.mark.multiprocess
 
@@ -21,8 +22,8 @@ CASES = cases()
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("exactness") / "gradients.pt"
-    result = load_multiprocess().launch(WORKER, str(output), nproc=2, timeout=900)
-    lines = load_multiprocess().read_json_lines(result.stdout)
+    result = launch(WORKER, str(output), nproc=2, timeout=900)
+    lines = read_json_lines(result.stdout)
     return torch.load(output, weights_only=False), lines
 
 

@@ -213,20 +213,3 @@ def trainer_gradients(task: str, loss_type: str, loss_kwargs: Mapping[str, Any] 
 def max_steps_for(num_samples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
     return math.ceil(math.ceil(num_samples / (batch_size * processes)) / accumulation)
 
-
-def load_multiprocess() -> Any:
-    """``tests/multiprocess.py`` loaded by path (``tests`` is shadowed by a site-packages package; ``multiprocess``
-    is a PyPI package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "hf_losses_tests_multiprocess"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / "multiprocess.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
