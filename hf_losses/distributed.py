@@ -46,6 +46,7 @@ __all__ = [
     "is_distributed",
     "mean_across_processes",
     "process_sizes",
+    "shut_down",
     "rank",
     "sum_across_processes",
     "world_size",
@@ -183,3 +184,14 @@ def gather_across_processes(tensor: Tensor) -> Tensor:
         return tensor
     with torch.no_grad():
         return all_gather_with_grad(tensor)
+
+
+def shut_down() -> None:
+    """End a distributed run cleanly: barrier, then destroy the process group (no-op when none exists).
+
+    Without the barrier a rank that finishes first tears gloo down while the other still talks to it, and the
+    process aborts at exit ("terminate called without an active exception") after its work is done.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

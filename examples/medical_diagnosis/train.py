@@ -225,3 +225,6 @@ def main(argv: list[str] | None = None) -> str:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
+    from hf_losses.distributed import shut_down
+
+    shut_down()  # barrier + destroy_process_group: no abort at exit under 2 processes

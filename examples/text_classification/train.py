@@ -12,7 +12,9 @@ This file is the same program as ``hf-losses demo``: the code lives in hf_losses
 also runs from an installed package. Read that module for the data, the model and the metrics.
 """
 
+from hf_losses.distributed import shut_down
 from hf_losses.launch.demo import run_demo
 
 if __name__ == "__main__":
     run_demo()
+    shut_down()

@@ -1,4 +1,4 @@
-"""Example tests: the example helpers importable, one torch thread per process."""
+"""Example tests: the example helpers importable."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ if _here not in sys.path:
     sys.path.insert(0, _here)
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from example_helpers import load_example  # noqa: E402
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -10,14 +10,6 @@ from hf_losses import describe_loss, get_loss
 from hf_losses.losses.contrastive import info_nce
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_pairs(n=6, d=5, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randn(n, d, generator=generator, dtype=torch.float64)

@@ -17,15 +17,6 @@ OVERLAP_LOSSES = ["dice", "generalized_dice", "tversky", "focal_tversky"]
 ALL_LOSSES = OVERLAP_LOSSES + ["lovasz"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add start-up cost (x25 on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_batch(n=3, c=4, spatial=(5, 6), seed=0, ignore_fraction=0.0, dtype=torch.float32, scale=2.0):
     generator = torch.Generator().manual_seed(seed)
     logits = (torch.randn(n, c, *spatial, generator=generator, dtype=torch.float64) * scale).to(dtype)

@@ -12,10 +12,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import pytest
-import torch
 
-# 2 shared CPU cores: one intra-op thread per test process is faster than contending threads
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -326,6 +326,9 @@ def worker(mode: str) -> None:
             record = _worker_case(config, name, batch, accumulation, output_dir)
             if int(os.environ.get("RANK", "0")) == 0:
                 print("RESULT " + json.dumps(record), flush=True)
+    from hf_losses.distributed import shut_down
+
+    shut_down()
 
 
 if __name__ == "__main__":

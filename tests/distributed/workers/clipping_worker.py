@@ -13,6 +13,7 @@ import tempfile
 import torch
 
 import deepspeed_support as support
+from hf_losses.distributed import shut_down
 
 # (name, max_grad_norm): the raw norm of this step is ~1.55, so 0.05 clips and 1000 does not
 CLIPPING_CASES = [("ddp_clip_small", 0.05), ("ddp_clip_none_needed", 1000.0)]
@@ -71,3 +72,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shut_down()

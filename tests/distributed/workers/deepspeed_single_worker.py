@@ -12,6 +12,7 @@ import tempfile
 import torch
 
 import deepspeed_support as support
+from hf_losses.distributed import shut_down
 
 
 def main() -> None:
@@ -37,3 +38,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shut_down()

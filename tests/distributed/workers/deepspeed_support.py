@@ -215,3 +215,4 @@ def emit(record: dict[str, Any]) -> None:
 
 def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+

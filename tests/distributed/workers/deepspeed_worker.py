@@ -17,6 +17,7 @@ import time
 import torch
 
 import deepspeed_support as support
+from hf_losses.distributed import shut_down
 
 # (name, task, loss_type, loss_kwargs, per-device batch, accumulation steps)
 GRADIENT_CASES = [
@@ -99,3 +100,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shut_down()

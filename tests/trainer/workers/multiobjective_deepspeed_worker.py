@@ -38,6 +38,7 @@ def main() -> None:
                       same_state_on_all_ranks=all(torch.equal(gathered[0], other) for other in gathered))
         print("RESULT " + json.dumps(result), flush=True)
     dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
