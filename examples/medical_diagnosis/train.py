@@ -171,7 +171,7 @@ def make_compute_metrics(fn_cost: float):
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> str:
-    from hf_losses.launch.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
+    from hf_losses.cli.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
     from hf_losses.trainers import LossTrainer, LossTrainingArguments
 
     parser = HfArgumentParser((LossTrainingArguments, DiagnosisArguments))

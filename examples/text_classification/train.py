@@ -13,7 +13,7 @@ also runs from an installed package. Read that module for the data, the model an
 """
 
 from hf_losses.distributed import shut_down
-from hf_losses.launch.demo import run_demo
+from hf_losses.cli.demo import run_demo
 
 if __name__ == "__main__":
     run_demo()

@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 from hf_losses.registry import describe_loss, get_loss, parse_composite_expression, resolve_name
 from hf_losses.tasks import TASKS
 from hf_losses.trainers.class_weights import parse_class_weights
-from hf_losses.trainers.launch_checks import check_launch_config
+from hf_losses.launch.checks import check_launch_config
 
 logger = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def _cpu_only():
 def test_fp16_without_gpu_is_refused_with_an_actionable_message(tmp_path):
     _cpu_only()
     from hf_losses import LossTrainingArguments
-    from hf_losses.trainers.launch_checks import LaunchConfigError
+    from hf_losses.launch.checks import LaunchConfigError
 
     with pytest.raises(LaunchConfigError, match=r"fp16=True .* silently train in float32 .* --bf16"):
         LossTrainingArguments(output_dir=str(tmp_path), fp16=True, use_cpu=True, report_to=[])
@@ -89,7 +89,7 @@ def test_fp16_without_gpu_is_refused_with_an_actionable_message(tmp_path):
 def test_fsdp_without_gpu_is_refused_instead_of_silent_ddp(tmp_path):
     _cpu_only()
     from hf_losses import LossTrainingArguments
-    from hf_losses.trainers.launch_checks import LaunchConfigError
+    from hf_losses.launch.checks import LaunchConfigError
 
     with pytest.raises(LaunchConfigError, match="FSDP is requested .* silently train with DDP"):
         LossTrainingArguments(output_dir=str(tmp_path), fsdp="full_shard", use_cpu=True, report_to=[])
@@ -100,7 +100,7 @@ def test_deepspeed_json_contradicting_arguments_fails_at_construction(tmp_path):
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from hf_losses import LossTrainingArguments
-    from hf_losses.trainers.launch_checks import LaunchConfigError
+    from hf_losses.launch.checks import LaunchConfigError
 
     config = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}, "gradient_clipping": 0.5}
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from example_helpers import REPO_ROOT
+from example_runs import REPO_ROOT
 from launching import launch
 
 

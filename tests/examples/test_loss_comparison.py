@@ -1,4 +1,4 @@
-"""hf_losses.launch.comparison: names, tables, and reuse of the final evaluation."""
+"""hf_losses.cli.comparison: names, tables, and reuse of the final evaluation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hf_losses.launch.comparison import LossSetting, RunResult, last_evaluation, markdown_table, with_loss
+from hf_losses.cli.comparison import LossSetting, RunResult, last_evaluation, markdown_table, with_loss
 from hf_losses.trainers import LossTrainingArguments
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from example_helpers import SMOKE_FLAGS
+from example_runs import SMOKE_FLAGS
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 

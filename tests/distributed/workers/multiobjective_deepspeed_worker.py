@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import accelerate  # noqa: E402
 import torch  # noqa: E402
@@ -20,7 +19,7 @@ import torch.distributed as dist  # noqa: E402
 torch.set_num_threads(1)
 accelerate.Accelerator.free_memory = lambda self, *objects: objects  # gc.collect per train() is slow, frees nothing
 
-from multiobjective_common import summary, train  # noqa: E402
+from multiobjective_problem import summary, train  # noqa: E402
 
 
 def main() -> None:

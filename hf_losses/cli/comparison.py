@@ -132,7 +132,7 @@ def write_report(output_dir: str | Path, title: str, intro: str, results: Sequen
                  columns: Sequence[tuple[str, str]], plot_metrics: Sequence[str] = (),
                  extra: str = "") -> tuple[str, Path, Path | None]:
     """Write ``results.md`` (title, intro, table, extra) and ``loss_curves.png``; return (markdown, paths)."""
-    from hf_losses.launch.plotting import plot_comparison
+    from hf_losses.cli.plotting import plot_comparison
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 batch 8 x GA 1 and batch 2 x GA 4 equals the full-batch gradient computed on the same device, for each task and a
 few losses; bf16 mixed precision trains with finite losses. Prints a pass/fail table.
 
-    PYTHONPATH=. python tests/trainer/workers/gpu_check.py
+    PYTHONPATH=.:tests/helpers python tests/distributed/workers/gpu_check.py
 Needs torch, transformers, accelerate (no `datasets`: the data is a list of dicts).
 """
 
@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402

@@ -1,5 +1,5 @@
 """2-process half of ``test_multiobjective_trainer.py``, run by ``torchrun --nproc_per_node 2``: the two-task
-problem of ``multiobjective_common`` with uncertainty weighting (batch split over processes, with and without
+problem of ``multiobjective_problem`` with uncertainty weighting (batch split over processes, with and without
 accumulation) and with DWA. Every rank prints one ``RESULT {json}`` line per run.
 """
 
@@ -10,7 +10,6 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import accelerate  # noqa: E402
 import torch  # noqa: E402
@@ -19,7 +18,7 @@ import torch.distributed as dist  # noqa: E402
 torch.set_num_threads(1)
 accelerate.Accelerator.free_memory = lambda self, *objects: objects  # gc.collect per train() is slow, frees nothing
 
-from multiobjective_common import summary, train  # noqa: E402
+from multiobjective_problem import summary, train  # noqa: E402
 
 RUNS = (("uncertainty", 1), ("uncertainty", 2), ("dwa", 1))
 

@@ -3,7 +3,7 @@ PyTorch reference gradient, and probes that read what the run really did (gradie
 the gradient norm the optimizer sees, the wrapper, the parameter dtype).
 
 Workers are launched as scripts, so this folder is on ``sys.path``; they print ``RESULT {json}`` lines that the
-tests read with ``tests/launching.py::read_json_lines``.
+tests read with ``tests/helpers/launching.py::read_json_lines``.
 """
 
 from __future__ import annotations

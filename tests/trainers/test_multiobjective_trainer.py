@@ -1,7 +1,7 @@
 """Multi-objective losses under LossTrainer: learned (uncertainty) weights move the right way with 1 and 2 processes,
 DWA stays in step across processes, schedules follow the global step, and all of it survives resume_from_checkpoint.
 
-The problem (``workers/multiobjective_common.py``): two linear regression tasks on the same features, task ``b``
+The problem (``workers/multiobjective_problem.py``): two linear regression tasks on the same features, task ``b``
 with ~7x the noise std of task ``a``; composite ``task_a_mse + task_b_mse``, full-batch training.
 """
 
@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "workers"))
 
 from launching import launch, read_json_lines  # noqa: E402
-from multiobjective_common import NOISE_STD, summary, train  # noqa: E402
+from multiobjective_problem import NOISE_STD, summary, train  # noqa: E402
 
-WORKER = Path(__file__).resolve().parent / "workers" / "multiobjective_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "distributed" / "workers" / "multiobjective_worker.py"
 STEPS = 60
 A, B = "task_a_mse", "task_b_mse"
 

@@ -18,8 +18,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(HERE) not in sys.path:  # tiny_tasks when run as a script
-    sys.path.insert(0, str(HERE))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -202,7 +202,7 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
-    from hf_losses.launch.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
+    from hf_losses.cli.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
     from hf_losses.trainers import LossTrainer
 
     model_path = demo_args.model_name_or_path or default_model_path()

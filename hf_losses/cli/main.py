@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------ plot
 def _plot(args: argparse.Namespace) -> None:
-    from hf_losses.launch.plotting import plot_run
+    from hf_losses.cli.plotting import plot_run
 
     try:
         path = plot_run(args.run_dir, args.output, title=args.title)
@@ -88,7 +88,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------ demo
 def _demo(args: argparse.Namespace, extra: Sequence[str]) -> None:
-    from hf_losses.launch.demo import run_demo
+    from hf_losses.cli.demo import run_demo
 
     run_demo(list(extra))
 
