@@ -3,7 +3,6 @@ through the entry-point group ``hf_losses.losses`` (``name = "package.module:Los
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import re
@@ -15,6 +14,8 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from torch import Tensor, nn
+
+from hf_losses.suggestions import did_you_mean
 
 ENTRY_POINT_GROUP = "hf_losses.losses"
 _BUILTIN_MODULES = (
@@ -94,10 +95,20 @@ def resolve_name(name: str) -> str:
     name = _ALIASES.get(name, name)
     if name in _REGISTRY:
         return name
-    known = sorted(_REGISTRY) + sorted(_ALIASES)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, sorted(_REGISTRY) + sorted(_ALIASES), n=3)
     raise ValueError(f"Unknown loss '{name}'.{hint} Available losses: {', '.join(sorted(_REGISTRY))}.")
+
+
+def is_expression(loss_type: str) -> bool:
+    """True for a composite expression such as ``"0.5*cross_entropy+0.5*dice"`` (rather than one loss name)."""
+    return isinstance(loss_type, str) and ("+" in loss_type or "*" in loss_type)
+
+
+def component_names(loss_type: str) -> list[str]:
+    """Registered names a loss is made of: the components of an expression, else the single canonical name."""
+    if is_expression(loss_type):
+        return list(parse_composite_expression(loss_type))
+    return [resolve_name(loss_type)]
 
 
 def get_loss(name: str, **kwargs: Any) -> nn.Module:
@@ -106,7 +117,7 @@ def get_loss(name: str, **kwargs: Any) -> nn.Module:
     ``name`` may also be a composite expression such as ``"0.5*cross_entropy+0.5*dice"``; then ``kwargs``
     maps each component name to its own keyword dict.
     """
-    if isinstance(name, str) and ("+" in name or "*" in name):
+    if is_expression(name):
         return _build_composite_expression(name, kwargs)
     canonical = resolve_name(name)
     factory = _REGISTRY[canonical]
@@ -172,9 +183,7 @@ def check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, An
                         f"see describe_loss('{name}').")
     for key, value in kwargs.items():
         if key not in parameters and not accepts_any:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"loss '{name}': unknown parameter '{key}'.{hint} "
+            raise ValueError(f"loss '{name}': unknown parameter '{key}'.{did_you_mean(key, allowed)} "
                              f"Allowed parameters: {', '.join(allowed) or '(none)'}.")
         if key in hints and not _matches(value, hints[key]):
             # a value of the right type outside a Literal's choices is a bad value, not a bad type

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from typing import Any
+
+from hf_losses.launch.cpu import set_single_process_rendezvous
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ _DEEPSPEED_TRAINER_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("scheduler.params.warmup_max_lr", "learning_rate", lambda a: a.learning_rate),
 )
 _BATCH_KEYS = ("train_micro_batch_size_per_gpu", "train_batch_size")
-_RENDEZVOUS_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-_MPI_WORLD_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
 class LaunchConfigError(ValueError):
@@ -133,23 +132,6 @@ def deepspeed_contradictions(config: dict[str, Any], args: Any, source: str | No
     return problems
 
 
-def set_single_process_rendezvous() -> dict[str, str]:
-    """Give a DeepSpeed run started with plain ``python`` (no launcher, no MPI) a one-process world.
-
-    Without RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT DeepSpeed tries MPI discovery and fails asking for
-    ``mpi4py``. Returns the variables that were set (none when a launcher already set them).
-    """
-    if any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", *_MPI_WORLD_VARIABLES)):
-        return {}
-    values = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-              "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-              "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port()))}
-    os.environ.update(values)
-    logger.info("DeepSpeed in a single process without a launcher: set %s.",
-                ", ".join(f"{key}={value}" for key, value in values.items()))
-    return values
-
-
 # ------------------------------------------------------------------ helpers
 def _deepspeed_precision_from_launcher(args: Any) -> list[str]:
     # `accelerate launch --mixed_precision bf16` makes TrainingArguments.mixed_precision bf16 without --bf16;
@@ -211,9 +193,3 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return bool(value)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

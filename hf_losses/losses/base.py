@@ -1,11 +1,19 @@
-"""The loss contract shared by every hf-losses loss.
+"""The loss contract shared by every hf-losses loss, and one base class per kind of input.
 
-A loss is an ``nn.Module`` holding validated parameters around a functional core. ``forward`` checks its
-inputs, upcasts half precision to float32 outside autocast (float64 stays float64), asks the subclass for
-the *sum* of its per-item losses and the local item count, and divides by ``num_items_in_batch`` (the
-global count of the whole accumulated, all-device batch) when given, else by the local count. That
-division rule is what makes gradients equal whether a batch is seen whole, in accumulation steps, or
-split across processes.
+A loss is an ``nn.Module`` holding validated parameters around a functional core. Its ``forward`` checks its
+inputs, upcasts half precision to float32 outside autocast (float64 stays float64), computes the *sum* of its
+per-item losses and the local item count, and divides by ``num_items_in_batch`` (the global count of the whole
+accumulated, all-device batch) when given, else by the local count. That division rule is what makes gradients
+equal whether a batch is seen whole, in accumulation steps, or split across processes.
+
+What a loss takes decides its base class (and how the trainer calls it):
+
+* :class:`LogitsLoss`: ``loss(logits, labels, num_items_in_batch)`` -- classification, segmentation, multi-label,
+  regression (the "logits" are then the predictions);
+* :class:`HiddenStatesLoss`: ``loss(hidden_states, labels, weight, bias, num_items_in_batch, shift_labels)`` -- the
+  final hidden states and the output head, so the logits are never materialised (causal LM);
+* :class:`EmbeddingPairLoss`: ``loss(queries, keys, num_items_in_batch)`` -- two embedding matrices paired row by
+  row (contrastive).
 """
 
 from __future__ import annotations
@@ -17,17 +25,33 @@ from typing import ClassVar, Literal, Union
 import torch
 from torch import Tensor, nn
 
+from hf_losses.constants import IGNORE_INDEX
+
 ItemUnit = Literal["label", "sample"]
-LabelKind = Literal["index", "binary", "embedding"]
+#: "index": integer class labels ``(N, d1, ...)``; "binary": 0/1 (or soft) float targets shaped like the logits;
+#: "target": real-valued regression targets shaped like the predictions; "embedding": a float embedding paired
+#: row by row with the first input (contrastive)
+LabelKind = Literal["index", "binary", "target", "embedding"]
+#: label kinds whose labels are float tensors shaped like the first input
+FLOAT_LABEL_KINDS = ("binary", "target")
 NumItems = Union[int, float, Tensor, Mapping[str, Union[int, float, Tensor]], None]
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "EmbeddingPairLoss", "HiddenStatesLoss", "LogitsLoss", "Loss", "LossBase",
+           "labels_compatible", "reduce_by_items"]
 
 
-class Loss(nn.Module):
-    """Base class: validated inputs, float32 numerics and reduction by ``num_items_in_batch``.
+def labels_compatible(loss_kind: str | None, task_kind: str | None) -> bool:
+    """Whether a loss taking ``loss_kind`` labels can train on a task that gives ``task_kind`` labels: the same
+    kind, or two float kinds (BCE on soft targets in [0, 1], MSE on multi-hot targets); None means "any"."""
+    if loss_kind is None or task_kind is None or loss_kind == task_kind:
+        return True
+    return loss_kind in FLOAT_LABEL_KINDS and task_kind in FLOAT_LABEL_KINDS
 
-    Subclasses set the class attributes below and implement :meth:`loss_sum`.
+
+class LossBase(nn.Module):
+    """What every loss shares: its description, ``ignore_index``, item counting and the reduction.
+
+    Subclass one of :class:`LogitsLoss`, :class:`HiddenStatesLoss`, :class:`EmbeddingPairLoss`.
     """
 
     #: registered name, set by :func:`hf_losses.register_loss`
@@ -38,8 +62,7 @@ class Loss(nn.Module):
     reference: ClassVar[str] = ""
     #: what the loss averages over: a non-ignored label entry, or a sample (image)
     item_unit: ClassVar[ItemUnit] = "label"
-    #: "index": integer class labels ``(N, d1, ...)``; "binary": float targets shaped like the logits;
-    #: "embedding": the second input is a float embedding paired row by row with the first (contrastive)
+    #: what the second input holds (see :data:`LabelKind`)
     label_kind: ClassVar[LabelKind] = "index"
     #: False for losses whose value needs whole-batch statistics (they ignore ``num_items_in_batch``)
     decomposable: ClassVar[bool] = True
@@ -49,11 +72,6 @@ class Loss(nn.Module):
         if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
             raise TypeError(f"{self._label()}: `ignore_index` must be an int, got {ignore_index!r}.")
         self.ignore_index = ignore_index
-
-    # ---------------------------------------------------------------- subclass API
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked."""
-        raise NotImplementedError
 
     def valid_mask(self, labels: Tensor) -> Tensor:
         """Boolean mask of the label entries that count (not ``ignore_index``)."""
@@ -70,30 +88,96 @@ class Loss(nn.Module):
             count = valid.sum()
         return {self.item_unit: count}
 
-    # ---------------------------------------------------------------- contract
-    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
-        self.check_inputs(logits, labels)
-        # "float32" means at least float32: half precision is upcast, float64 stays (gradcheck needs it).
-        dtype = compute_dtype(logits)
-        device_type = logits.device.type
-        # leaving autocast costs ~10 us of Python per call: only do it when autocast is on
-        outside_autocast = (torch.autocast(device_type=device_type, enabled=False)
-                            if torch.is_autocast_enabled(device_type) else contextlib.nullcontext())
-        with outside_autocast:
-            total, count = self.loss_sum(logits.to(dtype), labels if self.label_kind == "index" else labels.to(dtype))
-            if not self.decomposable:
-                return total.to(compute_dtype(total))
-            return reduce_by_items(total, count, num_items_in_batch, self.item_unit)
-
-    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
-        """Raise a clear error for malformed inputs before any kernel runs."""
-        check_logits_labels(self._label(), logits, labels, self.label_kind, self.ignore_index)
-
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}"
 
     def _label(self) -> str:
         return f"loss '{self.name or type(self).__name__}'"
+
+    def _reduce_in_float32(self, first: Tensor, second: Tensor, num_items_in_batch: NumItems) -> Tensor:
+        """``loss_sum(first, second)`` in float32 (float64 stays) outside autocast, reduced by the item count."""
+        dtype = compute_dtype(first)
+        with float32_region(first.device.type):
+            total, count = self.loss_sum(first.to(dtype), second if self.label_kind == "index" else second.to(dtype))
+            if not self.decomposable:
+                return total.to(compute_dtype(total))
+            return reduce_by_items(total, count, num_items_in_batch, self.item_unit)
+
+
+class LogitsLoss(LossBase):
+    """A loss on logits ``(N, C, d1, ...)`` (or predictions) and labels; subclasses implement :meth:`loss_sum`."""
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked."""
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        self.check_inputs(logits, labels)
+        return self._reduce_in_float32(logits, labels, num_items_in_batch)
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        """Raise a clear error for malformed inputs before any kernel runs."""
+        check_logits_labels(self._label(), logits, labels, self.label_kind, self.ignore_index)
+
+
+#: the name third-party losses written against hf-losses 0.1 subclass; new code says :class:`LogitsLoss`
+Loss = LogitsLoss
+
+
+class HiddenStatesLoss(LossBase):
+    """A loss on the final hidden states ``(N, T, H)`` and an output head ``weight (V, H)`` / ``bias (V,)``.
+
+    The trainer hands it the hidden states the model feeds its head, never the logits (see
+    :mod:`hf_losses.trainers.hidden_states`); ``labels`` are as the model receives them (unshifted for a causal
+    LM) and ``shift_labels``, when a collator gives them, are already aligned with the positions.
+    """
+
+    def targets(self, labels: Tensor | None, shift_labels: Tensor | None = None) -> Tensor:
+        """The per-position targets the loss compares the hidden states' predictions with."""
+        raise NotImplementedError
+
+    def num_items(self, labels: Tensor | None, shift_labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Count of non-ignored targets (after any shift)."""
+        return {self.item_unit: (self.targets(labels, shift_labels) != self.ignore_index).sum()}
+
+    def forward(self, hidden_states: Tensor, labels: Tensor | None, weight: Tensor, bias: Tensor | None = None,
+                num_items_in_batch: NumItems = None, shift_labels: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class EmbeddingPairLoss(LossBase):
+    """A loss on two embedding matrices ``(N, D)`` whose row ``i`` is a positive pair (contrastive)."""
+
+    label_kind: ClassVar[LabelKind] = "embedding"
+
+    def loss_sum(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(sum of per-item losses, item count)``; inputs are float32 and already checked."""
+        raise NotImplementedError
+
+    def forward(self, queries: Tensor, keys: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        self.check_inputs(queries, keys)
+        return self._reduce_in_float32(queries, keys, num_items_in_batch)
+
+    def check_inputs(self, queries: Tensor, keys: Tensor) -> None:
+        """Two floating-point ``(N, D)`` tensors of the same shape."""
+        owner = self._label()
+        if not isinstance(queries, Tensor) or not isinstance(keys, Tensor):
+            raise TypeError(f"{owner}: call loss(query_embeddings, key_embeddings) with two tensors, got "
+                            f"{type(queries).__name__} and {type(keys).__name__}.")
+        if not queries.is_floating_point() or not keys.is_floating_point():
+            raise TypeError(f"{owner}: query and key embeddings must be floating-point, got {queries.dtype} and "
+                            f"{keys.dtype} (integer labels? this loss takes key embeddings as its second input).")
+        if queries.dim() != 2 or tuple(keys.shape) != tuple(queries.shape):
+            raise ValueError(f"{owner}: query and key embeddings must both be (N, D) with the same shape, got "
+                             f"{tuple(queries.shape)} and {tuple(keys.shape)}.")
+
+
+def float32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off (the loss computes in float32); a no-op when autocast is off, since leaving it costs
+    ~10 us of Python per call."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -152,9 +236,11 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
             raise ValueError(f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}; "
                              f"found {bad}.")
     else:
+        what = "float multi-label targets (0./1.)" if label_kind == "binary" else "float regression targets"
         if not labels.is_floating_point():
-            raise TypeError(f"{owner}: `labels` must be float multi-label targets (0./1.) shaped like the logits, "
-                            f"got integer dtype {labels.dtype}; for class indices use 'cross_entropy' or 'focal'.")
+            raise TypeError(f"{owner}: `labels` must be {what} shaped like the logits, got integer dtype "
+                            f"{labels.dtype}; for class indices use 'cross_entropy' or 'focal'.")
         if tuple(labels.shape) != tuple(logits.shape):
+            kind = "multi-label" if label_kind == "binary" else "regression"
             raise ValueError(f"{owner}: `labels` shape {tuple(labels.shape)} must equal logits shape "
-                             f"{tuple(logits.shape)} for multi-label targets.")
+                             f"{tuple(logits.shape)} for {kind} targets.")

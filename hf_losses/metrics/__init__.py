@@ -12,9 +12,10 @@ The formulas live in :mod:`hf_losses.metrics.functional` (numpy).
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
+
+from hf_losses.suggestions import did_you_mean
 
 METRICS_DIR = Path(__file__).resolve().parent
 #: name -> what it returns
@@ -30,9 +31,8 @@ METRICS: dict[str, str] = {
 def metric_path(name: str) -> str:
     """Folder of the shipped metric ``name``: what ``evaluate.load`` takes."""
     if name not in METRICS:
-        close = difflib.get_close_matches(name, list(METRICS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"Unknown hf-losses metric '{name}'.{hint} Available: {', '.join(METRICS)}.")
+        raise ValueError(f"Unknown hf-losses metric '{name}'.{did_you_mean(name, METRICS)} "
+                         f"Available: {', '.join(METRICS)}.")
     return str(METRICS_DIR / name)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from hf_losses.constants import IGNORE_INDEX
 
 
 def _flat_pairs(predictions: Any, references: Any, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:

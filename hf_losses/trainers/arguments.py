@@ -21,6 +21,7 @@ from hf_losses.registry import describe_loss, get_loss, parse_composite_expressi
 from hf_losses.tasks import TASKS
 from hf_losses.trainers.class_weights import parse_class_weights
 from hf_losses.launch.checks import check_launch_config
+from hf_losses.launch.cpu import accelerator_available, distributed_cpu_settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,41 +96,6 @@ def build_loss(loss_type: str, loss_kwargs: Mapping[str, Any]) -> torch.nn.Modul
     return get_loss(loss_type, **dict(loss_kwargs))
 
 
-def distributed_cpu_settings(environ: Mapping[str, str], accelerator_available: bool, ddp_backend: str | None,
-                             use_cpu: bool) -> dict[str, Any]:
-    """Settings that make a multi-process launch on a machine without GPUs really data-parallel.
-
-    Under ``torchrun``/``accelerate launch`` on CPU, transformers 5 wraps the model in DDP only with
-    ``use_cpu=True`` (otherwise each process silently trains alone on its shard); the backend must be gloo,
-    and gloo must not be chosen in a single, non-distributed process ("Default process group has not been
-    initialized"). DeepSpeed needs ``use_cpu`` too: without it Accelerate sees world size 1 under ``--deepspeed``
-    and bf16 is refused on CPU; DeepSpeed still wraps the model in its engine.
-    """
-    try:
-        world_size = int(environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        world_size = 1
-    changes: dict[str, Any] = {}
-    if world_size <= 1:
-        if ddp_backend == "gloo":
-            changes["ddp_backend"] = None
-        return changes
-    if accelerator_available:
-        return changes
-    if ddp_backend is None:
-        changes["ddp_backend"] = "gloo"
-    if not use_cpu:
-        changes["use_cpu"] = True
-    return changes
-
-
-def _accelerator_available() -> bool:
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    return bool(xpu is not None and xpu.is_available())
-
-
 @dataclass
 class LossTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with the loss to train with. See the field help for each flag."""
@@ -155,7 +121,7 @@ class LossTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self._validate_loss()
         changes = distributed_cpu_settings(
-            os.environ, _accelerator_available(), ddp_backend=self.ddp_backend, use_cpu=self.use_cpu)
+            os.environ, accelerator_available(), ddp_backend=self.ddp_backend, use_cpu=self.use_cpu)
         for key, value in changes.items():
             logger.info("hf-losses: %s=%r (multi-process launch on a machine without GPUs)", key, value)
             setattr(self, key, value)

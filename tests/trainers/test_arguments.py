@@ -10,7 +10,8 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_losses import LossTrainingArguments, list_losses
-from hf_losses.trainers.arguments import distributed_cpu_settings, fill_class_information
+from hf_losses.launch.cpu import distributed_cpu_settings
+from hf_losses.trainers.arguments import fill_class_information
 
 
 def parse(*flags: str) -> LossTrainingArguments:
