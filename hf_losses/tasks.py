@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.language import shift_causal_labels
+from hf_losses.suggestions import did_you_mean
 TASKS = ("auto", "sequence_classification", "multi_label", "token_classification", "causal_lm",
          "semantic_segmentation", "regression")
 PROBLEM_TYPES = {"single_label_classification": "sequence_classification",
@@ -80,7 +82,8 @@ class Task:
     """Base task: logits ``(N, C, ...)`` and labels read as they are."""
 
     name: str = "unknown"
-    #: "index" (integer class ids), "binary" (float targets shaped like the logits), None (decided per batch)
+    #: "index" (integer class ids), "binary" (multi-hot float targets), "target" (regression targets), None
+    #: (decided per batch); see ``hf_losses.losses.base.LabelKind``
     label_kind: str | None = "index"
     #: the loss's ignore index (labels reach the loss with this value on ignored entries)
     ignore_index: int = IGNORE_INDEX
@@ -158,7 +161,7 @@ def next_token_labels(inputs: Mapping[str, Any], ignore_index: int = IGNORE_INDE
     padded with ``ignore_index`` (as transformers' ``ForCausalLMLoss``, which pads rather than cutting the logits)."""
     if inputs.get("shift_labels") is not None:
         return inputs["shift_labels"]
-    return F.pad(inputs["labels"], (0, 1), value=ignore_index)[..., 1:]
+    return shift_causal_labels(inputs["labels"], ignore_index)
 
 
 @dataclass
@@ -209,7 +212,7 @@ class SemanticSegmentationTask(Task):
 class RegressionTask(Task):
     """Predictions ``(N, K)``; float targets reshaped to the predictions' shape (the model's MSE: every entry)."""
 
-    label_kind: str | None = "binary"
+    label_kind: str | None = "target"
 
     def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
         return inputs["labels"].float()
@@ -227,12 +230,14 @@ class RegressionTask(Task):
 class MultiLabelTask(RegressionTask):
     """Logits ``(N, C)`` and multi-hot float targets ``(N, C)`` (the model's BCE: every entry)."""
 
+    label_kind: str | None = "binary"
+
 
 def build_task(task: str, model: Any = None, ignore_index: int = IGNORE_INDEX) -> Task:
     """The :class:`Task` for ``task`` (``"auto"``: from the model's class and ``config.problem_type``), handing
     labels to a loss whose ignore index is ``ignore_index``."""
     if task not in TASKS:
-        raise ValueError(f"Unknown loss_task {task!r}; choose one of {list(TASKS)}.")
+        raise ValueError(f"Unknown loss_task {task!r}.{did_you_mean(task, TASKS)} Choose one of {list(TASKS)}.")
     config = getattr(unwrap(model), "config", None)
     problem_type = getattr(config, "problem_type", None)
     num_labels = getattr(config, "num_labels", None)

@@ -3,97 +3,54 @@ into command-line flags (``--loss_type focal --loss_kwargs '{"gamma": 2.0}' --cl
 
 Everything about the loss is validated in ``__post_init__`` -- unknown names (with "did you mean"), unknown or
 mistyped parameters, out-of-range values -- so a typo fails when the arguments are parsed, before any model is
-loaded. The same helpers build the loss for :class:`~hf_losses.trainers.LossTrainer`.
+loaded. :func:`hf_losses.trainers.resolution.resolve_loss` then builds the loss for
+:class:`~hf_losses.trainers.LossTrainer`.
 """
 
-import difflib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 
-from hf_losses.registry import describe_loss, get_loss, parse_composite_expression, resolve_name
-from hf_losses.tasks import TASKS
-from hf_losses.trainers.class_weights import parse_class_weights
 from hf_losses.launch.checks import check_launch_config
 from hf_losses.launch.cpu import accelerator_available, distributed_cpu_settings
+from hf_losses.losses.class_weights import WEIGHT_METHODS
+from hf_losses.registry import component_names
+from hf_losses.suggestions import did_you_mean
+from hf_losses.tasks import TASKS
+from hf_losses.trainers.resolution import build_loss, fill_class_information
 
 logger = logging.getLogger(__name__)
 
-#: loss parameters that receive ``class_weights``, in order of preference
-WEIGHT_PARAMETERS = ("weight", "alpha", "class_weights")
-#: loss parameters that receive the training set's class counts when the user does not give them
-COUNT_PARAMETERS = ("samples_per_class",)
-
-
-def is_expression(loss_type: str) -> bool:
-    """True for a composite expression such as ``"0.5*cross_entropy+0.5*dice"``."""
-    return "+" in loss_type or "*" in loss_type
-
-
-def component_names(loss_type: str) -> list[str]:
-    """Registered names the loss is made of: the components of an expression, else the single canonical name."""
-    if is_expression(loss_type):
-        return list(parse_composite_expression(loss_type))
-    return [resolve_name(loss_type)]
-
-
-def _parameters(name: str) -> dict[str, Any]:
-    return {p.name: p for p in describe_loss(name).parameters}
-
-
-def fill_class_information(loss_type: str, loss_kwargs: Mapping[str, Any], class_weights: Sequence[float] | None,
-                           class_counts: Sequence[int] | None) -> dict[str, Any]:
-    """``loss_kwargs`` with the class weights put into the loss's weight parameter (``weight``, else ``alpha``,
-    else ``class_weights``) and the class counts into ``samples_per_class`` when the user left it out.
-    For an expression, each component that takes them gets them."""
-    kwargs = {key: (dict(value) if isinstance(value, Mapping) else value) for key, value in loss_kwargs.items()}
-    targets = component_names(loss_type)
-    weighted = []
-    for name in targets:
-        options = kwargs.setdefault(name, {}) if is_expression(loss_type) else kwargs
-        parameters = _parameters(name)
-        if class_weights is not None:
-            target = next((p for p in WEIGHT_PARAMETERS if p in parameters), None)
-            if target is not None:
-                if options.get(target) is not None:
-                    raise ValueError(f"loss '{name}': class weights are given twice, by `class_weights` and by "
-                                     f"loss_kwargs['{target}']; keep one.")
-                options[target] = [float(w) for w in class_weights]
-                weighted.append(name)
-        if class_counts is not None:
-            for target in COUNT_PARAMETERS:
-                if target in parameters and options.get(target) is None:
-                    options[target] = [int(c) for c in class_counts]
-    if class_weights is not None and not weighted:
-        raise ValueError(f"loss '{loss_type}' takes no class weights (none of its parameters is one of "
-                         f"{list(WEIGHT_PARAMETERS)}); drop `class_weights` or choose e.g. 'cross_entropy' or 'focal'.")
-    if is_expression(loss_type):
-        kwargs = {key: value for key, value in kwargs.items() if value != {} or key not in targets}
-    return kwargs
-
-
-def missing_count_parameters(loss_type: str, loss_kwargs: Mapping[str, Any]) -> list[str]:
-    """Required count parameters (``samples_per_class``) the user left for the trainer to read from the data."""
-    missing = []
-    for name in component_names(loss_type):
-        options = loss_kwargs.get(name, {}) if is_expression(loss_type) else loss_kwargs
-        for parameter in _parameters(name).values():
-            if parameter.required and parameter.name in COUNT_PARAMETERS and parameter.name not in options:
-                missing.append(f"{name}.{parameter.name}")
-    return missing
-
-
-def build_loss(loss_type: str, loss_kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """The registered loss (or composite expression) ``loss_type`` built with ``loss_kwargs`` (validated)."""
-    if not isinstance(loss_kwargs, Mapping):
-        raise TypeError(f"`loss_kwargs` must be a dict (a JSON object on the command line), got {loss_kwargs!r}.")
-    return get_loss(loss_type, **dict(loss_kwargs))
+def parse_class_weights(value: Any) -> str | list[float] | None:
+    """``None``, a method name, or numbers; a command-line string ``"1,2,3"`` / ``"[1, 2, 3]"`` becomes numbers."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none"):
+            return None
+        if text in WEIGHT_METHODS:
+            return text
+        try:
+            numbers = [float(part) for part in text.strip("[]").split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"`class_weights` must be one of {list(WEIGHT_METHODS)} or numbers such as "
+                             f"'1.0,5.0', got {value!r}.") from None
+        value = numbers
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+        numbers = list(value.tolist() if hasattr(value, "tolist") else value)
+        if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ValueError(f"`class_weights` must be a non-empty list of numbers, got {value!r}.")
+        if any(v < 0 or v != v for v in numbers):
+            raise ValueError(f"`class_weights` must be >= 0, got {numbers}.")
+        return [float(v) for v in numbers]
+    raise TypeError(f"`class_weights` must be one of {list(WEIGHT_METHODS)}, a list of numbers or None, "
+                    f"got {value!r}.")
 
 
 @dataclass
@@ -148,9 +105,8 @@ class LossTrainingArguments(TrainingArguments):
         if not isinstance(self.class_weights_beta, (int, float)) or not 0.0 <= self.class_weights_beta < 1.0:
             raise ValueError(f"`class_weights_beta` must be in [0, 1), got {self.class_weights_beta!r}.")
         if self.loss_task not in TASKS:
-            close = difflib.get_close_matches(str(self.loss_task), TASKS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"Unknown loss_task {self.loss_task!r}.{hint} Choose one of {list(TASKS)}.")
+            raise ValueError(f"Unknown loss_task {self.loss_task!r}.{did_you_mean(self.loss_task, TASKS)} "
+                             f"Choose one of {list(TASKS)}.")
         if self.loss_type == "auto":
             if self.loss_kwargs:
                 raise ValueError(f"`loss_kwargs` {self.loss_kwargs} given with loss_type='auto' (the model's own "

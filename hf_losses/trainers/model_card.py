@@ -76,7 +76,7 @@ def training_loss_section(config: Mapping[str, Any]) -> str:
     else:
         lines.append(f"- loss: `{loss_type}`")
         try:
-            from hf_losses.trainers.arguments import component_names
+            from hf_losses.registry import component_names
             from hf_losses.registry import describe_loss
 
             for name in component_names(str(loss_type)):

@@ -50,7 +50,7 @@ def decomposable_losses() -> list[str]:
 def tasks_for(name: str) -> tuple[str, ...]:
     if name in TASK_LIMITS:
         return TASK_LIMITS[name]
-    return INDEX_TASKS if describe_loss(name).label_kind == "index" else BINARY_TASKS
+    return INDEX_TASKS if describe_loss(name).label_kind == "index" else BINARY_TASKS  # float labels: both kinds
 
 
 def cases() -> list[tuple[str, str]]:
@@ -77,9 +77,10 @@ def reference_loss(loss_type: str, task: str) -> Any:
     """The loss the plain-PyTorch reference computes: the same loss, except hidden-state losses (``causal_lm``),
     whose reference is cross-entropy on the materialised logits (the same quantity)."""
     from hf_losses import get_loss
+    from hf_losses.losses.base import HiddenStatesLoss
 
     if loss_type == "auto":
         return None
     loss = get_loss(loss_type, **kwargs_for(loss_type, task))
-    return get_loss("cross_entropy") if getattr(loss, "takes_hidden_states", False) else loss
+    return get_loss("cross_entropy") if isinstance(loss, HiddenStatesLoss) else loss
 

@@ -11,7 +11,6 @@ from transformers import HfArgumentParser
 
 from hf_losses import LossTrainingArguments, list_losses
 from hf_losses.launch.cpu import distributed_cpu_settings
-from hf_losses.trainers.arguments import fill_class_information
 
 
 def parse(*flags: str) -> LossTrainingArguments:
@@ -91,15 +90,6 @@ def test_losses_needing_class_counts_validate_without_data(tmp_path):
     with pytest.raises(ValueError, match="max_margin"):
         LossTrainingArguments(output_dir=str(tmp_path), report_to=[], loss_type="ldam",
                               loss_kwargs={"max_margin": -1.0})
-
-
-def test_class_weights_go_to_the_loss_weight_parameter():
-    assert fill_class_information("cross_entropy", {}, [1.0, 2.0], None) == {"weight": [1.0, 2.0]}
-    assert fill_class_information("focal", {"gamma": 1.0}, [1.0, 2.0], None) == {"gamma": 1.0, "alpha": [1.0, 2.0]}
-    assert fill_class_information("ldam", {}, None, [5, 3]) == {"samples_per_class": [5, 3]}
-    assert fill_class_information("ldam", {"samples_per_class": [9, 9]}, None, [5, 3]) == {"samples_per_class": [9, 9]}
-    assert fill_class_information("0.5*cross_entropy+0.5*dice", {}, [1.0, 2.0], None) == {
-        "cross_entropy": {"weight": [1.0, 2.0]}}
 
 
 @pytest.mark.parametrize(("environ", "accelerator", "backend", "use_cpu", "expected"), [

@@ -67,10 +67,12 @@ def main() -> None:
             from hf_losses import LossTrainer
 
             class Capture(LossTrainer):
-                def _average_loss_gradients(self) -> None:
-                    super()._average_loss_gradients()
-                    results[f"trainable|{batch}x{accumulation}|loss_grad"] = torch.cat(
-                        [p.grad.detach().reshape(-1).double() for p in self.loss.parameters()])
+                def training_step(self, *args, **kwargs):  # the loss gradients as averaged across processes
+                    loss = super().training_step(*args, **kwargs)
+                    if self.accelerator.sync_gradients:
+                        results[f"trainable|{batch}x{accumulation}|loss_grad"] = torch.cat(
+                            [p.grad.detach().reshape(-1).double() for p in self.loss.parameters()])
+                    return loss
 
             grads, trainer = trainer_gradients(task, loss_type, kwargs, 8, batch, accumulation, directory,
                                                trainer_class=Capture, use_cpu=False, learning_rate=0.5)

@@ -1,16 +1,10 @@
-"""Class counts of a training set and the class weights derived from them.
+"""Class counts of a training set, for class weights (``hf_losses.losses.class_weights``) and for losses that take
+counts (``samples_per_class`` of ``class_balanced`` and ``ldam``).
 
 Counts come from the label column of a ``datasets.Dataset`` with Arrow column operations (nested label lists,
 e.g. token labels, are flattened by Arrow; ``-100`` and other negative values are ignored), so counting a
 million-row dataset takes no Python loop over rows. The same counts feed losses that take them directly
 (``samples_per_class`` of ``class_balanced`` and ``ldam``).
-
-Weights:
-
-* ``"balanced"``: ``w_c = n / (C * n_c)`` (scikit-learn's ``compute_class_weight("balanced")``, King & Zeng 2001);
-* ``"effective_num"``: ``w_c = (1 - beta) / (1 - beta^{n_c})`` normalised to sum to ``C`` (Cui et al. 2019,
-  "Class-Balanced Loss Based on the Effective Number of Samples", eq. 4 and Sec. 4);
-* explicit numbers, one per class.
 """
 
 from __future__ import annotations
@@ -20,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-WEIGHT_METHODS = ("balanced", "effective_num")
+from hf_losses.tasks import build_task, unwrap
+
 LABEL_COLUMNS = ("labels", "label", "label_ids")
 
 
@@ -88,49 +83,22 @@ def class_counts(dataset: Any, num_classes: int | None = None, label_column: str
     return np.bincount(values, minlength=num_classes or 0).astype(np.int64)
 
 
-def weights_from_counts(counts: Sequence[float] | np.ndarray, method: str, beta: float = 0.999) -> list[float]:
-    """Class weights from counts by ``method`` (see the module docstring). Empty classes get weight 0 with
-    ``"balanced"`` (nothing to weigh) and the largest weight with ``"effective_num"``."""
-    counts = np.asarray(counts, dtype=np.float64)
-    num_classes = counts.shape[0]
-    if num_classes == 0 or counts.sum() <= 0:
-        raise ValueError("class weights: the training labels contain no countable class.")
-    if method == "balanced":
-        weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1.0)), 0.0)
-    elif method == "effective_num":
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"class weights: `class_weights_beta` must be in [0, 1), got {beta}.")
-        effective = (1.0 - np.power(beta, counts)) / (1.0 - beta)
-        weights = 1.0 / np.maximum(effective, 1e-12)
-        weights = np.where(counts > 0, weights, weights[counts > 0].max())
-        weights = weights / weights.sum() * num_classes
+def read_class_counts(dataset: Any, model: Any, loss_task: str, label_names: Sequence[str] | None,
+                      loss_type: str) -> list[int]:
+    """Class counts of the training set's label column for ``model``'s classes (its vocabulary for a causal LM)."""
+    if dataset is None:
+        raise ValueError(f"LossTrainer: loss '{loss_type}' needs class counts from the training data "
+                         f"(class weights or samples_per_class) but no train_dataset was given.")
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    task = build_task(loss_task, model)
+    label_kind = "binary" if task.name in ("multi_label", "regression") else "index"
+    if task.name == "causal_lm":
+        embeddings = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        num_classes = embeddings.weight.shape[0] if embeddings is not None else getattr(config, "vocab_size", None)
     else:
-        raise ValueError(f"class weights: unknown method {method!r}; use one of {list(WEIGHT_METHODS)} or numbers.")
-    return [float(w) for w in weights]
-
-
-def parse_class_weights(value: Any) -> str | list[float] | None:
-    """``None``, a method name, or numbers; a command-line string ``"1,2,3"`` / ``"[1, 2, 3]"`` becomes numbers."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "none"):
-            return None
-        if text in WEIGHT_METHODS:
-            return text
-        try:
-            numbers = [float(part) for part in text.strip("[]").split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(f"`class_weights` must be one of {list(WEIGHT_METHODS)} or numbers such as "
-                             f"'1.0,5.0', got {value!r}.") from None
-        value = numbers
-    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
-        numbers = list(value.tolist() if hasattr(value, "tolist") else value)
-        if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-            raise ValueError(f"`class_weights` must be a non-empty list of numbers, got {value!r}.")
-        if any(v < 0 or v != v for v in numbers):
-            raise ValueError(f"`class_weights` must be >= 0, got {numbers}.")
-        return [float(v) for v in numbers]
-    raise TypeError(f"`class_weights` must be one of {list(WEIGHT_METHODS)}, a list of numbers or None, "
-                    f"got {value!r}.")
+        num_classes = getattr(config, "num_labels", None)
+    column = label_column_of(dataset, label_names)
+    counts = class_counts(dataset, num_classes, column, label_kind,
+                          ignore_value=getattr(config, "semantic_loss_ignore_index", None))
+    return [int(c) for c in counts]

@@ -9,7 +9,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from tiny_tasks import build_dataset, build_model, training_arguments
 
 from hf_losses import LossTrainer
-from hf_losses.trainers.class_weights import class_counts, label_column_of, parse_class_weights, weights_from_counts
+from hf_losses.losses.class_weights import weights_from_counts
+from hf_losses.trainers.arguments import parse_class_weights
+from hf_losses.trainers.class_counts import class_counts, label_column_of
 
 
 def test_counts_of_a_label_column_respect_selection_and_ignore_index():

@@ -1,0 +1,102 @@
+"""How the trainer calls a loss, chosen once by the loss's type: what a batch holds for it (its item counts) and
+how a training or evaluation step turns the model's forward pass into its value.
+
+* :class:`ModelLossCall` -- ``loss_type="auto"``: the model's own (per-batch mean) loss, rescaled to its share of
+  the step's global mean;
+* :class:`LogitsLossCall` -- a :class:`~hf_losses.losses.base.LogitsLoss` (or any loss module on logits): the
+  task reads ``(logits, labels)`` from the model's outputs;
+* :class:`HiddenStatesLossCall` -- a :class:`~hf_losses.losses.base.HiddenStatesLoss`: the model runs with its LM
+  head intercepted, and the loss gets the hidden states and the head's weight instead of the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hf_losses.losses.base import HiddenStatesLoss
+from hf_losses.tasks import Task
+from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
+
+#: ``num_items_in_batch`` unit used for the model's own loss (``loss_type="auto"``)
+MODEL_LOSS_UNIT = "model_loss_items"
+#: batch entries that are labels, not model inputs
+LABEL_KEYS = ("labels", "shift_labels")
+
+
+class LossCall:
+    """The interface: ``num_items(batch)`` before the step, ``call(model, inputs, num_items_in_batch)`` in it."""
+
+    def __init__(self, loss: nn.Module | None, task: Task) -> None:
+        self.loss = loss
+        self.task = task
+
+    def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Local item count per unit of one micro-batch (summed by the trainer over the window and processes)."""
+        raise NotImplementedError
+
+    def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
+        """``(loss, model outputs)`` for one micro-batch."""
+        raise NotImplementedError
+
+
+class ModelLossCall(LossCall):
+    """The model's own loss: a mean over the batch's items, turned into ``local sum / global count``."""
+
+    def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {MODEL_LOSS_UNIT: self.task.model_loss_items(batch)}
+
+    def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
+        outputs = model(**inputs)  # num_items_in_batch is not passed: every model then returns a local mean
+        if isinstance(outputs, Mapping):
+            if outputs.get("loss") is None:
+                raise ValueError(f"LossTrainer: loss_type='auto' but the model returned no loss (keys: "
+                                 f"{', '.join(outputs.keys())}); give it labels, or name a loss with `loss_type`.")
+            loss = outputs["loss"]
+        else:
+            loss = outputs[0]
+        if num_items_in_batch is None:
+            return loss, outputs
+        local = self.task.model_loss_items(inputs).to(device=loss.device, dtype=torch.float32)
+        total = num_items_in_batch[MODEL_LOSS_UNIT].to(device=loss.device, dtype=torch.float32).clamp(min=1.0)
+        # a micro-batch with no item has a NaN mean (0/0) and zero gradient: it contributes 0
+        loss = torch.where(local > 0, loss.float() * (local / total), torch.zeros_like(loss, dtype=torch.float32))
+        return loss, outputs
+
+
+class LogitsLossCall(LossCall):
+    """A loss on the logits the task reads from the model's outputs."""
+
+    def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return dict(self.loss.num_items(self.task.loss_labels(batch)))
+
+    def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
+        outputs = model(**{key: value for key, value in inputs.items() if key not in LABEL_KEYS})
+        logits, labels = self.task.read(outputs, inputs)
+        return self.loss(logits, labels, num_items_in_batch=num_items_in_batch), outputs
+
+
+class HiddenStatesLossCall(LossCall):
+    """A loss on the final hidden states and the LM head; the full logits are never computed."""
+
+    def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels")))
+
+    def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
+        model_inputs = {key: value for key, value in inputs.items() if key not in LABEL_KEYS}
+        hidden_states, weight, bias = lm_hidden_states_and_head(model, model_inputs, loss=self.loss)
+        loss = self.loss(hidden_states, inputs.get("labels"), weight=weight, bias=bias,
+                         num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+        return loss, {"last_hidden_state": hidden_states}
+
+
+def loss_call_for(loss: nn.Module | None, task: Task) -> LossCall:
+    """The one dispatch on the loss's type."""
+    if loss is None:
+        return ModelLossCall(loss, task)
+    if isinstance(loss, HiddenStatesLoss):
+        return HiddenStatesLossCall(loss, task)
+    return LogitsLossCall(loss, task)
