@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite, offline: sets up .venv if needed, then runs pytest; nothing is fetched from the Hugging Face Hub.
+# The checks, offline: sets up .venv if needed, then ruff (lint + format) and the test suite; nothing is fetched from
+# the Hugging Face Hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,4 +8,6 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # DeepSpeed compiles a small op on first use (~50 s); keep the build inside the work folder so reruns reuse it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+ruff check .
+ruff format --check .
 python -m pytest -q "$@"

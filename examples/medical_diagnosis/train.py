@@ -23,8 +23,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForSequenceClassification, HfArgumentParser, PretrainedConfig,
-                          PreTrainedModel, set_seed)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    HfArgumentParser,
+    PretrainedConfig,
+    PreTrainedModel,
+    set_seed,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 LABEL_NAMES = ["benign", "malignant"]  # 1 = malignant: the positive class a test must not miss
@@ -170,8 +176,13 @@ def make_compute_metrics(fn_cost: float):
 
 
 # ------------------------------------------------------------------------------------------ main
+#: (metric key, table header) of the results table
+COLUMNS = [("eval_sensitivity", "sensitivity"), ("eval_specificity", "specificity"),
+           ("eval_expected_cost", "expected cost"), ("eval_accuracy", "accuracy")]
+
+
 def main(argv: list[str] | None = None) -> str:
-    from hf_losses.cli.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
+    from hf_losses.cli.comparison import run_comparison
     from hf_losses.trainers import LossTrainer, LossTrainingArguments
 
     parser = HfArgumentParser((LossTrainingArguments, DiagnosisArguments))
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> str:
     if training_args.loss_type == "fn_penalty" and not training_args.loss_kwargs:
         training_args.loss_kwargs = {"fn_cost": args.fn_cost}
     train_dataset, test_dataset = load_data(args.test_fraction, args.data_seed_value, args.max_train_samples,
-                                          args.feature_set)
+                                            args.feature_set)
     config = TabularMLPConfig(num_features=len(train_dataset[0]["features"]), hidden_size=args.hidden_size,
                               num_hidden_layers=args.num_hidden_layers, dropout=args.dropout,
                               num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
@@ -194,32 +205,18 @@ def main(argv: list[str] | None = None) -> str:
         return LossTrainer(model_init=model_init, args=run_args, train_dataset=train_dataset,
                            eval_dataset=test_dataset, compute_metrics=make_compute_metrics(args.fn_cost))
 
-    baseline = LossSetting(args.baseline_loss_type, args.baseline_loss_type)
-    candidate = LossSetting.from_args(training_args)
-    tuning_text = ""
-    if args.tune_trials > 0:
-        candidate, trials = tune_loss(make_trainer, training_args, candidate, args.tune_trials,
-                                      objective_metric="expected_cost", direction="minimize")
-        tuning_text = tuning_table(trials, "expected_cost")
-    settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
-    card = {"dataset": "Wisconsin breast cancer (scikit-learn)"}
-    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models, model_card=card)
     positives = int(np.sum(test_dataset["labels"]))
     intro = (f"Breast cancer (scikit-learn): {len(train_dataset)} training patients, {len(test_dataset)} held out "
              f"({positives} malignant), the {config.num_features} '{args.feature_set}' measurements. "
-             f"MLP {args.num_hidden_layers}x{args.hidden_size}, {training_args.num_train_epochs:g} epochs, seed {training_args.seed}. Decisions at the default "
-             f"threshold (argmax); expected cost per patient with a missed malignancy costing {args.fn_cost:g} "
-             f"false alarms. One seed: one patient moves sensitivity by {1 / max(positives, 1):.1%}; rerun with "
-             f"other --seed values to see the spread.")
-    columns = [("eval_sensitivity", "sensitivity"), ("eval_specificity", "specificity"),
-               ("eval_expected_cost", "expected cost"), ("eval_accuracy", "accuracy")]
-    table = ""
-    if training_args.process_index == 0:
-        table, results_path, plot_path = write_report(
-            training_args.output_dir, "Cost-sensitive diagnosis", intro, results, columns,
-            plot_metrics=("eval_sensitivity", "eval_expected_cost"), extra=tuning_text)
-        print(f"\n{intro}\n\n{table}\n\nwrote {results_path}" + (f" and {plot_path}" if plot_path else ""))
-    return table
+             f"MLP {args.num_hidden_layers}x{args.hidden_size}, {training_args.num_train_epochs:g} epochs, "
+             f"seed {training_args.seed}. Decisions at the default threshold (argmax); expected cost per patient "
+             f"with a missed malignancy costing {args.fn_cost:g} false alarms. One seed: one patient moves "
+             f"sensitivity by {1 / max(positives, 1):.1%}; rerun with other --seed values to see the spread.")
+    return run_comparison(make_trainer, training_args, baseline_loss_type=args.baseline_loss_type,
+                          title="Cost-sensitive diagnosis", intro=intro, columns=COLUMNS,
+                          plot_metrics=("eval_sensitivity", "eval_expected_cost"), tune_trials=args.tune_trials,
+                          objective_metric="expected_cost", direction="minimize", save_models=args.save_models,
+                          model_card={"dataset": "Wisconsin breast cancer (scikit-learn)"})
 
 
 if __name__ == "__main__":

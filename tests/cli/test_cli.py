@@ -13,8 +13,8 @@ import yaml
 
 from hf_losses import describe_loss, list_losses
 from hf_losses.cli.main import main
-from hf_losses.launch.config_writer import distributed_type_for, runs_as
 from hf_losses.cli.plotting import curve_keys, plot_run, read_log_history
+from hf_losses.launch.accelerate_config import distributed_type_for, runs_as
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from example_runs import REPO_ROOT
-from launching import launch
+from example_runs import example_script
+from launching import REPO_ROOT, launch
 
 
 @pytest.mark.multiprocess
 def test_medical_example_under_accelerate_launch_with_two_processes_and_tuning(tmp_path):
-    result = launch(REPO_ROOT / "examples" / "medical_diagnosis" / "train.py",
+    result = launch(example_script("medical_diagnosis"),
                     "--output_dir", str(tmp_path), "--max_train_samples", "64", "--max_steps", "2",
                     "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--disable_tqdm", "True",
                     "--tune_trials", "2", "--save_models", "False",

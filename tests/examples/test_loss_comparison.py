@@ -1,4 +1,4 @@
-"""hf_losses.cli.comparison: names, tables, and reuse of the final evaluation."""
+"""hf_losses.cli.comparison: names, tables, reuse of the final evaluation, and the whole comparison."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from hf_losses.cli.comparison import LossSetting, RunResult, last_evaluation, markdown_table, with_loss
+from hf_losses.cli.comparison import (
+    LossSetting,
+    RunResult,
+    last_evaluation,
+    markdown_table,
+    run_comparison,
+    with_loss,
+)
 from hf_losses.trainers import LossTrainingArguments
 
 
@@ -44,3 +51,36 @@ def test_with_loss_replaces_only_the_loss_fields(tmp_path):
     assert (changed.loss_type, changed.loss_kwargs, changed.class_weights) == ("focal", {"gamma": 1.0}, None)
     assert changed.output_dir == str(tmp_path / "focal") and changed.learning_rate == 1e-3
     assert (args.loss_type, args.class_weights) == ("cross_entropy", "balanced")  # the original is untouched
+
+
+class FakeTrainer:
+    """Just enough of a LossTrainer for run_comparison: records which loss it trained with."""
+
+    trained: list[str] = []
+
+    def __init__(self, args):
+        self.args = args
+        self.model_wrapped = object()
+        self.state = SimpleNamespace(log_history=[{"loss": 1.0, "step": 1}], global_step=1,
+                                     save_to_json=lambda path: open(path, "w").write("{}"))
+
+    def is_world_process_zero(self):
+        return True
+
+    def train(self):
+        FakeTrainer.trained.append(self.args.loss_type)
+
+    def evaluate(self):
+        return {"eval_accuracy": 0.5}
+
+
+def test_run_comparison_trains_a_loss_equal_to_the_baseline_once_and_writes_the_report(tmp_path, capsys):
+    FakeTrainer.trained = []
+    args = LossTrainingArguments(output_dir=str(tmp_path), loss_type="cross_entropy", report_to="none")
+    table = run_comparison(FakeTrainer, args, baseline_loss_type="cross_entropy", title="Title",
+                           intro=lambda seconds: f"took {seconds:.0f} s", columns=[("eval_accuracy", "accuracy")],
+                           save_models=False)
+    assert FakeTrainer.trained == ["cross_entropy"]
+    assert table.splitlines()[2].startswith("| cross_entropy | 0.5000 |")
+    assert (tmp_path / "results.md").read_text().startswith("# Title\n\ntook 0 s\n\n| loss | accuracy |")
+    assert table in capsys.readouterr().out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForSequenceClassification, TrainerCallback, set_seed
 
-from hf_losses.cli.comparison import LossSetting, default_search_space, tune_loss
+from hf_losses.cli.comparison import LossSetting
+from hf_losses.cli.tuning import default_search_space, tune_loss
 from hf_losses.trainers import LossTrainer, LossTrainingArguments
 
 pytest.importorskip("optuna")

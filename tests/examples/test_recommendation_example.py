@@ -3,30 +3,19 @@ train.py (LossTrainer with loss_type="relevance_diversity") that writes the resu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommendation"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"recommendation_{name}", EXAMPLE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from example_runs import example_script, load_example
 
 
 def test_top_k_metrics_equal_hand_computed_values():
-    data = _load("data")
+    data = load_example("recommendation", "data")
     genres = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
     lists = torch.tensor([[0, 1], [2, 3], [4, 5]])
     metrics = data.top_k_metrics(lists, [1, 5, 5], genres, num_items=6)
@@ -39,14 +28,14 @@ def test_top_k_metrics_equal_hand_computed_values():
 
 
 def test_popularity_baseline_skips_seen_items():
-    data = _load("data")
+    data = load_example("recommendation", "data")
     counts = torch.tensor([5.0, 9.0, 1.0, 7.0, 0.0])
     lists = data.popularity_lists(counts, [[1], [3, 0]], num_items=4, k=2)
     assert lists.tolist() == [[3, 0], [1, 2]]
 
 
 def test_movielens_split_is_chronological_and_users_are_disjoint():
-    data = _load("data")
+    data = load_example("recommendation", "data")
     full = data.load_movielens(max_length=20, eval_items_per_user=5)
     assert full.num_items == 2245 and full.pad_id == 2245
     assert len(full.eval_targets) == len(full.eval_histories) == 134 * 5  # 20% of 671 users, 5 targets each
@@ -62,9 +51,9 @@ def test_movielens_split_is_chronological_and_users_are_disjoint():
 
 @pytest.mark.slow
 def test_smoke_run_writes_results_table_plot_and_loss_config(tmp_path):
-    command = [sys.executable, str(EXAMPLE / "train.py"), "--output_dir", str(tmp_path), "--max_train_samples", "64",
-               "--max_eval_cases", "32", "--num_train_epochs", "1", "--diversity_weights", "0,2",
-               "--hidden_size", "16", "--max_length", "20"]
+    command = [sys.executable, str(example_script("recommendation")), "--output_dir", str(tmp_path),
+               "--max_train_samples", "64", "--max_eval_cases", "32", "--num_train_epochs", "1",
+               "--diversity_weights", "0,2", "--hidden_size", "16", "--max_length", "20"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

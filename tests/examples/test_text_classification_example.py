@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from example_runs import REPO_ROOT, SMOKE_FLAGS
+from example_runs import SMOKE_FLAGS, example_script
+from launching import REPO_ROOT
 
 from hf_losses.cli import demo
 from hf_losses.cli.main import main as cli_main
@@ -68,7 +69,7 @@ def test_demo_smoke_run_with_the_real_minilm(tmp_path, capsys):
 
 
 def test_example_file_is_the_demo():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "text_classification" / "train.py"),
+    result = subprocess.run([sys.executable, str(example_script("text_classification")),
                              "--help"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in ("--minority_fraction", "--tune_trials", "--loss_type", "--max_train_samples"):

@@ -1,4 +1,4 @@
-"""Helpers of the example tests: load an example script as a module, smoke-run flags."""
+"""Helpers of the example tests: where an example lives, load its files as modules, smoke-run flags."""
 
 from __future__ import annotations
 
@@ -7,20 +7,28 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from launching import REPO_ROOT
+
+EXAMPLES_DIR = REPO_ROOT / "examples"
 
 #: flags that make any example a seconds-long smoke run
 SMOKE_FLAGS = ["--max_steps", "2", "--logging_steps", "1", "--eval_strategy", "no", "--disable_tqdm", "True",
                "--report_to", "none", "--dataloader_num_workers", "0"]
 
 
-def load_example(name: str) -> ModuleType:
-    """``examples/<name>/train.py`` imported as module ``example_<name>`` (once)."""
-    module_name = f"example_{name}"
+def example_script(name: str, file: str = "train") -> Path:
+    """``examples/<name>/<file>.py``."""
+    return EXAMPLES_DIR / name / f"{file}.py"
+
+
+def load_example(name: str, file: str = "train") -> ModuleType:
+    """``examples/<name>/<file>.py`` imported (once) as module ``example_<name>`` (``example_<name>_<file>`` for
+    a file other than train.py)."""
+    module_name = f"example_{name}" if file == "train" else f"example_{name}_{file}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "examples" / name / "train.py")
+    spec = importlib.util.spec_from_file_location(module_name, example_script(name, file))
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module

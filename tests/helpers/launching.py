@@ -9,23 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from hf_losses.launch.cpu import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: this folder: every launched script imports the shared test helpers from here
 HELPERS_DIR = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(script: str | os.PathLike, *script_args: str, nproc: int = 2, launcher: str = "torchrun",
