@@ -31,3 +31,11 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def example():
+    """``example(name)`` loads ``examples/<name>/train.py`` as a module (their data and models serve several tests)."""
+    from example_runs import load_example
+
+    return load_example
