@@ -63,8 +63,18 @@ def build_model(seed: int = 0) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=2, n_positions=32,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB_SIZE,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def build_examples(num_samples: int = NUM_SAMPLES, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -84,8 +94,10 @@ def reference_gradient(device: torch.device) -> torch.Tensor:
     """The model's own mean loss over all examples as ONE batch, one process, float32, no Trainer."""
     model = build_model().to(device)
     model.train()
-    batch = {key: torch.stack([example[key] for example in build_examples()]).to(device)
-             for key in ("input_ids", "attention_mask", "labels")}
+    batch = {
+        key: torch.stack([example[key] for example in build_examples()]).to(device)
+        for key in ("input_ids", "attention_mask", "labels")
+    }
     model(**batch).loss.backward()
     return flat_grad(model)
 
@@ -104,23 +116,39 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def all_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p.full_tensor() if hasattr(p, "full_tensor") else p).all())
-               for p in model.parameters())
+    return all(
+        bool(torch.isfinite(p.full_tensor() if hasattr(p, "full_tensor") else p).all()) for p in model.parameters()
+    )
 
 
 def snapshot(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().float().cpu().clone()
-            for p in model.parameters()]
+    return [
+        (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().float().cpu().clone() for p in model.parameters()
+    ]
 
 
 def arguments(output_dir: str, **overrides: Any) -> Any:
     from hf_losses import LossTrainingArguments
 
-    values = dict(output_dir=output_dir, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                  max_steps=6, learning_rate=1e-3, optim="adamw_torch", lr_scheduler_type="constant",
-                  weight_decay=0.0, max_grad_norm=1.0, report_to=[], save_strategy="no", logging_steps=1, seed=0,
-                  train_sampling_strategy="sequential", disable_tqdm=True, dataloader_num_workers=0,
-                  loss_type="cross_entropy")
+    values = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_steps=6,
+        learning_rate=1e-3,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        loss_type="cross_entropy",
+    )
     if not torch.cuda.is_available():  # --cpu-smoke: bf16 on CPU needs use_cpu (DeepSpeed still runs with it)
         values["use_cpu"] = True
     values.update(overrides)
@@ -132,8 +160,9 @@ def overflow_trainer_class(overflow_steps: set[int]) -> type:
     from hf_losses import LossTrainer
 
     class OverflowingTrainer(LossTrainer):
-        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if model.training and self.state.global_step in overflow_steps:
                 if return_outputs:
@@ -159,13 +188,15 @@ def step_recorder(read_scale: Any) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             after = snapshot(model)
-            self.steps.append({
-                "step": state.global_step - 1,
-                "scale_before": self._scale,
-                "scale_after": read_scale(self.trainer),
-                "weights_unchanged": all(torch.equal(a, b) for a, b in zip(self._before, after)),
-                "weights_finite": all(bool(torch.isfinite(a).all()) for a in after),
-            })
+            self.steps.append(
+                {
+                    "step": state.global_step - 1,
+                    "scale_before": self._scale,
+                    "scale_after": read_scale(self.trainer),
+                    "weights_unchanged": all(torch.equal(a, b) for a, b in zip(self._before, after)),
+                    "weights_finite": all(bool(torch.isfinite(a).all()) for a in after),
+                }
+            )
 
     return Recorder()
 
@@ -177,12 +208,14 @@ def losses_of(trainer: Any) -> list[float]:
 def runtime_facts(trainer: Any) -> dict[str, Any]:
     parameter = next(trainer.model.parameters())
     local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
-    return {"distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
-            "world_size": trainer.args.world_size,
-            "wrapper": type(trainer.model_wrapped).__name__,
-            "model_class": type(trainer.model).__name__,
-            "parameter_dtype": str(local.dtype).replace("torch.", ""),
-            "device": str(local.device)}
+    return {
+        "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
+        "world_size": trainer.args.world_size,
+        "wrapper": type(trainer.model_wrapped).__name__,
+        "model_class": type(trainer.model).__name__,
+        "parameter_dtype": str(local.dtype).replace("torch.", ""),
+        "device": str(local.device),
+    }
 
 
 class Verdict:
@@ -204,13 +237,17 @@ def check_fp16_dynamic_loss_scaling(output_dir: str, smoke: bool) -> dict[str, A
     verdict = Verdict()
     precision = {"bf16": True} if smoke else {"fp16": True}
     trainer_class = overflow_trainer_class(set() if smoke else {2})  # bf16 has no scaler to catch an overflow
-    recorder = step_recorder(lambda t: float(t.accelerator.scaler.get_scale())
-                             if getattr(t.accelerator, "scaler", None) is not None else None)
+    recorder = step_recorder(
+        lambda t: (
+            float(t.accelerator.scaler.get_scale()) if getattr(t.accelerator, "scaler", None) is not None else None
+        )
+    )
     model = build_model()
     logits_dtypes: set[str] = set()
     model.lm_head.register_forward_hook(lambda m, i, o: logits_dtypes.add(str(o.dtype).replace("torch.", "")))
-    trainer = trainer_class(model=model, args=arguments(output_dir, **precision), train_dataset=build_examples(),
-                            callbacks=[recorder])
+    trainer = trainer_class(
+        model=model, args=arguments(output_dir, **precision), train_dataset=build_examples(), callbacks=[recorder]
+    )
     recorder.trainer = trainer
     trainer.train()
     steps = recorder.steps
@@ -220,10 +257,12 @@ def check_fp16_dynamic_loss_scaling(output_dir: str, smoke: bool) -> dict[str, A
     verdict.expect(all(step["weights_finite"] for step in steps), "no NaN/inf ever reaches the weights")
     if not smoke:
         overflow, clean = steps[2], [s for s in steps if s["step"] != 2]
-        verdict.expect(steps[0]["scale_before"] == 2.0 ** 16, f"initial scale {steps[0]['scale_before']} == 2**16")
+        verdict.expect(steps[0]["scale_before"] == 2.0**16, f"initial scale {steps[0]['scale_before']} == 2**16")
         verdict.expect(overflow["weights_unchanged"], "overflow step skipped: weights unchanged")
-        verdict.expect(overflow["scale_after"] == overflow["scale_before"] / 2,
-                       f"scale halves on overflow: {overflow['scale_before']} -> {overflow['scale_after']}")
+        verdict.expect(
+            overflow["scale_after"] == overflow["scale_before"] / 2,
+            f"scale halves on overflow: {overflow['scale_before']} -> {overflow['scale_after']}",
+        )
         verdict.expect(not any(s["weights_unchanged"] for s in clean), "every other step updates the weights")
         verdict.expect(all(s["scale_after"] == s["scale_before"] for s in clean), "scale constant otherwise")
     return verdict.record(**facts, steps=steps, losses=losses_of(trainer))
@@ -236,8 +275,9 @@ def check_bf16(output_dir: str, smoke: bool) -> dict[str, Any]:
     model = build_model()
     logits_dtypes: set[str] = set()
     model.lm_head.register_forward_hook(lambda m, i, o: logits_dtypes.add(str(o.dtype).replace("torch.", "")))
-    trainer = LossTrainer(model=model, args=arguments(output_dir, bf16=True, learning_rate=3e-3),
-                          train_dataset=build_examples())
+    trainer = LossTrainer(
+        model=model, args=arguments(output_dir, bf16=True, learning_rate=3e-3), train_dataset=build_examples()
+    )
     trainer.train()
     losses = losses_of(trainer)
     facts = runtime_facts(trainer)
@@ -262,8 +302,12 @@ def check_deepspeed_zero2_fp16(output_dir: str, smoke: bool) -> dict[str, Any]:
     precision = {"bf16": True} if smoke else {"fp16": True}
     trainer_class = overflow_trainer_class(set() if smoke else {2, 3})
     recorder = step_recorder(_deepspeed_scale)
-    trainer = trainer_class(model=build_model(), args=arguments(output_dir, **precision),
-                            train_dataset=build_examples(), callbacks=[recorder])
+    trainer = trainer_class(
+        model=build_model(),
+        args=arguments(output_dir, **precision),
+        train_dataset=build_examples(),
+        callbacks=[recorder],
+    )
     recorder.trainer = trainer
     trainer.train()
     steps = recorder.steps
@@ -271,24 +315,30 @@ def check_deepspeed_zero2_fp16(output_dir: str, smoke: bool) -> dict[str, Any]:
     engine = trainer.model_wrapped
     facts["skipped_steps"] = int(getattr(engine, "skipped_steps", -1))
     facts["zero_stage"] = int(engine.zero_optimization_stage())
-    verdict.expect(facts["distributed_type"] == "DEEPSPEED" and facts["wrapper"] == "DeepSpeedEngine",
-                   "DeepSpeed engine")
+    verdict.expect(
+        facts["distributed_type"] == "DEEPSPEED" and facts["wrapper"] == "DeepSpeedEngine", "DeepSpeed engine"
+    )
     verdict.expect(facts["zero_stage"] == 2, "ZeRO stage 2")
-    verdict.expect(facts["parameter_dtype"] == ("bfloat16" if smoke else "float16"),
-                   f"{facts['parameter_dtype']} weights in the engine")
+    verdict.expect(
+        facts["parameter_dtype"] == ("bfloat16" if smoke else "float16"),
+        f"{facts['parameter_dtype']} weights in the engine",
+    )
     verdict.expect(all(step["weights_finite"] for step in steps), "no NaN/inf ever reaches the weights")
     if not smoke:
-        verdict.expect(steps[0]["scale_before"] == 2.0 ** 16, f"initial scale {steps[0]['scale_before']} == 2**16")
+        verdict.expect(steps[0]["scale_before"] == 2.0**16, f"initial scale {steps[0]['scale_before']} == 2**16")
         verdict.expect(facts["skipped_steps"] == 2, f"DeepSpeed skipped {facts['skipped_steps']} steps (2 expected)")
-        verdict.expect(steps[2]["weights_unchanged"] and steps[3]["weights_unchanged"],
-                       "overflow steps skipped: weights unchanged")
+        verdict.expect(
+            steps[2]["weights_unchanged"] and steps[3]["weights_unchanged"], "overflow steps skipped: weights unchanged"
+        )
         # hysteresis 2: the first overflow uses up the hysteresis, the second halves the scale
-        verdict.expect(steps[2]["scale_after"] == steps[2]["scale_before"],
-                       "first overflow: scale kept (hysteresis 2)")
-        verdict.expect(steps[3]["scale_after"] == steps[2]["scale_before"] / 2,
-                       f"second overflow: scale halves {steps[2]['scale_before']} -> {steps[3]['scale_after']}")
-        verdict.expect(not steps[1]["weights_unchanged"] and not steps[4]["weights_unchanged"],
-                       "clean steps update the weights")
+        verdict.expect(steps[2]["scale_after"] == steps[2]["scale_before"], "first overflow: scale kept (hysteresis 2)")
+        verdict.expect(
+            steps[3]["scale_after"] == steps[2]["scale_before"] / 2,
+            f"second overflow: scale halves {steps[2]['scale_before']} -> {steps[3]['scale_after']}",
+        )
+        verdict.expect(
+            not steps[1]["weights_unchanged"] and not steps[4]["weights_unchanged"], "clean steps update the weights"
+        )
     return verdict.record(**facts, steps=steps, losses=losses_of(trainer))
 
 
@@ -311,22 +361,30 @@ def _one_step_gradient(output_dir: str, **overrides: Any) -> tuple[Any, torch.Te
 
             def step(*a: Any, **k: Any) -> Any:
                 if engine.is_gradient_accumulation_boundary():
-                    captured.append(torch.cat([safe_get_full_grad(p).detach().reshape(-1).double().cpu()
-                                               for _, p in trainer.model.named_parameters()]))
+                    captured.append(
+                        torch.cat(
+                            [
+                                safe_get_full_grad(p).detach().reshape(-1).double().cpu()
+                                for _, p in trainer.model.named_parameters()
+                            ]
+                        )
+                    )
                 return original(*a, **k)
 
             engine.step = step
 
-        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
-                                  **kwargs: Any) -> None:
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if not captured and type(trainer.model_wrapped).__name__ != "DeepSpeedEngine":
                 captured.append(flat_grad(model))
 
-    settings = dict(max_steps=1, gradient_accumulation_steps=4, learning_rate=0.0, max_grad_norm=0.0,
-                    loss_type="auto")
+    settings = dict(max_steps=1, gradient_accumulation_steps=4, learning_rate=0.0, max_grad_norm=0.0, loss_type="auto")
     settings.update(overrides)
-    trainer = LossTrainer(model=build_model(), args=arguments(output_dir, **settings), train_dataset=build_examples(),
-                          callbacks=[Capture()])
+    trainer = LossTrainer(
+        model=build_model(),
+        args=arguments(output_dir, **settings),
+        train_dataset=build_examples(),
+        callbacks=[Capture()],
+    )
     trainer.train()
     return trainer, (captured[0] if captured else None)
 
@@ -364,8 +422,11 @@ def check_fsdp_one_gpu(output_dir: str, smoke: bool) -> dict[str, Any]:
     verdict.expect(error <= 1e-5, f"fp32 gradient relative error {error:.2e} <= 1e-5")
     del trainer
     model = build_model()
-    trainer = LossTrainer(model=model, args=arguments(os.path.join(output_dir, "bf16"), bf16=True,
-                                                      learning_rate=3e-3), train_dataset=build_examples())
+    trainer = LossTrainer(
+        model=model,
+        args=arguments(os.path.join(output_dir, "bf16"), bf16=True, learning_rate=3e-3),
+        train_dataset=build_examples(),
+    )
     trainer.train()
     losses = losses_of(trainer)
     verdict.expect(all(math.isfinite(v) for v in losses) and len(losses) == 6, "bf16: 6 finite losses")
@@ -405,29 +466,45 @@ def launch(name: str, smoke: bool) -> dict[str, Any]:
     _, accelerate_config = CHECKS[name]
     command = [sys.executable]
     if accelerate_config is not None:
-        command += ["-m", "accelerate.commands.launch", "--num_processes", "1", "--main_process_port", "0",
-                    "--config_file", str(REPO / "configs" / "accelerate" / f"{accelerate_config}.yaml")]
+        command += [
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--main_process_port",
+            "0",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / f"{accelerate_config}.yaml"),
+        ]
     command += [str(Path(__file__).resolve()), "--check", name] + (["--cpu-smoke"] if smoke else [])
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])),
-                   "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                          str(REPO / ".cache" / "torch_extensions"))}
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])),
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")),
+    }
     if not smoke:
         environment.setdefault("DS_ACCELERATOR", "cuda")
     for variable in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         environment.pop(variable, None)
     started = time.perf_counter()
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO,
-                                   timeout=CHECK_TIMEOUT_S)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=CHECK_TIMEOUT_S
+        )
         output = completed.stdout + completed.stderr
     except subprocess.TimeoutExpired as error:
         output = f"timed out after {CHECK_TIMEOUT_S} s\n{error.stdout or ''}{error.stderr or ''}"
-    results = [json.loads(line[len("RESULT "):]) for line in output.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads(line[len("RESULT ") :]) for line in output.splitlines() if line.startswith("RESULT ")]
     if not results:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        return {"passed": False, "failed": [f"no result (exit); last lines:\n{tail}"], "held": [],
-                "seconds": round(time.perf_counter() - started, 1)}
+        return {
+            "passed": False,
+            "failed": [f"no result (exit); last lines:\n{tail}"],
+            "held": [],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     record = results[-1]
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
     return record

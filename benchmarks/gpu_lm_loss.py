@@ -19,15 +19,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_losses.losses import language  # noqa: E402
+from hf_losses.losses import linear_cross_entropy as kernel  # noqa: E402
 from hf_losses.losses.language import CausalLMLoss  # noqa: E402
 
 try:
     from transformers.loss.loss_utils import ForCausalLMLoss
 except ImportError:  # the same computation, written out
+
     def ForCausalLMLoss(logits, labels, vocab_size, **kwargs):  # noqa: N802
         targets = F.pad(labels[..., 1:], (0, 1), value=-100)
         return F.cross_entropy(logits.float().reshape(-1, vocab_size), targets.reshape(-1))
+
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")  # "cpu" for a dry run of this script
 FAILURES: list[str] = []
@@ -49,7 +51,7 @@ def inputs(tokens: int, hidden_size: int, vocab: int, dtype=torch.float32, seed=
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     batch = max(1, tokens // 512)
     hidden = torch.randn(batch, tokens // batch, hidden_size, device=DEVICE, dtype=dtype, generator=generator)
-    weight = torch.randn(vocab, hidden_size, device=DEVICE, dtype=dtype, generator=generator) * hidden_size ** -0.5
+    weight = torch.randn(vocab, hidden_size, device=DEVICE, dtype=dtype, generator=generator) * hidden_size**-0.5
     bias_ = torch.randn(vocab, device=DEVICE, dtype=dtype, generator=generator) * 0.1 if bias else None
     labels = torch.randint(0, vocab, (batch, tokens // batch), device=DEVICE, generator=generator)
     labels[:, :7] = -100  # a masked prompt
@@ -67,8 +69,11 @@ def check_float32() -> None:
         ours = loss_and_grads(CausalLMLoss(chunk_size=chunk_size)(hidden, labels, weight=weight, bias=bias), tensors)
         stock = loss_and_grads(ForCausalLMLoss(F.linear(hidden, weight, bias), labels, vocab_size=32000), tensors)
         names = ("loss", "d_hidden", "d_weight", "d_bias")
-        report(f"float32 vs ForCausalLMLoss, chunk_size={chunk_size}",
-               {n: relative(a, b) for n, a, b in zip(names, ours, stock)}, 1e-5)
+        report(
+            f"float32 vs ForCausalLMLoss, chunk_size={chunk_size}",
+            {n: relative(a, b) for n, a, b in zip(names, ours, stock)},
+            1e-5,
+        )
 
 
 def check_options() -> None:
@@ -84,8 +89,11 @@ def check_options() -> None:
     per_token = F.cross_entropy(flat, targets, weight=class_weights, label_smoothing=0.1, reduction="none")
     reference = (per_token.sum() + 1e-3 * torch.logsumexp(flat[valid], -1).square().sum()) / valid.sum()
     expected = loss_and_grads(reference, tensors)
-    report("float32 options vs formula on full logits",
-           {n: relative(a, b) for n, a, b in zip(("loss", "d_hidden", "d_weight", "d_bias"), ours, expected)}, 2e-5)
+    report(
+        "float32 options vs formula on full logits",
+        {n: relative(a, b) for n, a, b in zip(("loss", "d_hidden", "d_weight", "d_bias"), ours, expected)},
+        2e-5,
+    )
 
 
 def check_bf16() -> None:
@@ -98,17 +106,26 @@ def check_bf16() -> None:
         stock = loss_and_grads(ForCausalLMLoss(F.linear(hidden, weight), labels, vocab_size=32000), tensors)
     report("autocast bf16: ours vs stock autocast", {n: relative(a, b) for n, a, b in zip(names, ours, stock)}, 3e-2)
     report("autocast bf16: ours vs float32 truth", {n: relative(a, b) for n, a, b in zip(names, ours, truth)}, 3e-2)
-    report("autocast bf16: stock vs float32 truth (for scale)",
-           {n: relative(a, b) for n, a, b in zip(names, stock, truth)}, 3e-2)
+    report(
+        "autocast bf16: stock vs float32 truth (for scale)",
+        {n: relative(a, b) for n, a, b in zip(names, stock, truth)},
+        3e-2,
+    )
     # bf16 parameters, no autocast
     half = [t.detach().bfloat16().requires_grad_() for t in (hidden, weight)]
     ours = loss_and_grads(CausalLMLoss()(half[0], labels, weight=half[1]), half)
     stock = loss_and_grads(ForCausalLMLoss(F.linear(*half), labels, vocab_size=32000), half)
     report("bf16 params: ours vs float32 truth", {n: relative(a, b) for n, a, b in zip(names, ours, truth)}, 3e-2)
-    report("bf16 params: stock vs float32 truth (for scale)",
-           {n: relative(a, b) for n, a, b in zip(names, stock, truth)}, 3e-2)
-    path = ("addmm(out_dtype=float32) into the float32 accumulator" if language._CUDA_OUT_DTYPE
-            else "bf16 product + float32 add (no out_dtype overload)")
+    report(
+        "bf16 params: stock vs float32 truth (for scale)",
+        {n: relative(a, b) for n, a, b in zip(names, stock, truth)},
+        3e-2,
+    )
+    path = (
+        "addmm(out_dtype=float32) into the float32 accumulator"
+        if kernel._CUDA_OUT_DTYPE
+        else "bf16 product + float32 add (no out_dtype overload)"
+    )
     print(f"     weight-gradient accumulation: {path}")
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 HIDDEN_SIZE = 1024
 SEQUENCE_LENGTH = 1024
 DEFAULT_CASES = [(2048, 32000), (8192, 32000), (2048, 128000), (8192, 128000)]
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 # ------------------------------------------------------------------------------------------ the methods
@@ -49,8 +49,10 @@ def stock_causal_lm_loss():
     try:
         from transformers.loss.loss_utils import ForCausalLMLoss
     except ImportError:  # same computation, written out
+
         def ForCausalLMLoss(logits, labels, vocab_size):  # noqa: N802
             return F.cross_entropy(logits.float().view(-1, vocab_size), targets_of(labels).view(-1))
+
     return ForCausalLMLoss
 
 
@@ -64,13 +66,14 @@ def run_naive(hidden, labels, weight, chunk_size=1024):
     rows = hidden.reshape(-1, hidden.shape[-1])
     total = 0.0
     for start in range(0, rows.shape[0], chunk_size):
-        logits = F.linear(rows[start:start + chunk_size], weight).float()
-        total = total + F.cross_entropy(logits, targets[start:start + chunk_size], reduction="sum")
+        logits = F.linear(rows[start : start + chunk_size], weight).float()
+        total = total + F.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum")
     return total / (targets != -100).sum()
 
 
 def run_ours(hidden, labels, weight, chunk_size=None):
     from hf_losses.losses.language import CausalLMLoss
+
     return CausalLMLoss(chunk_size=chunk_size)(hidden, labels, weight=weight)
 
 
@@ -85,6 +88,7 @@ def run_liger(hidden, labels, weight):
 
 def run_cce(hidden, labels, weight):
     from cut_cross_entropy import linear_cross_entropy
+
     return linear_cross_entropy(hidden, weight, labels, shift=True)
 
 
@@ -104,7 +108,7 @@ def make_inputs(tokens: int, vocab: int, device: str, dtype: torch.dtype):
     batch = max(1, tokens // SEQUENCE_LENGTH)
     hidden = torch.randn(batch, tokens // batch, HIDDEN_SIZE, device=device, dtype=dtype, generator=generator)
     weight = torch.randn(vocab, HIDDEN_SIZE, device=device, dtype=dtype, generator=generator)
-    weight.mul_(HIDDEN_SIZE ** -0.5)
+    weight.mul_(HIDDEN_SIZE**-0.5)
     labels = torch.randint(0, vocab, (batch, tokens // batch), device=device, generator=generator)
     return hidden.requires_grad_(), labels, weight.requires_grad_()
 
@@ -139,8 +143,14 @@ def cpu_worker(method: str, tokens: int, vocab: int, dtype_name: str, repeats: i
         start = time.perf_counter()
         step(method, hidden, labels, weight)
         times.append(time.perf_counter() - start)
-    return {"method": method, "tokens": tokens, "vocab": vocab, "loss": value, "extra_bytes": peak,
-            "seconds": min(times)}
+    return {
+        "method": method,
+        "tokens": tokens,
+        "vocab": vocab,
+        "loss": value,
+        "extra_bytes": peak,
+        "seconds": min(times),
+    }
 
 
 def run_cpu(cases, methods, args) -> list[dict]:
@@ -161,7 +171,7 @@ def run_cpu(cases, methods, args) -> list[dict]:
             runnable.append(method)
         rows: dict[str, dict] = {}
         for round_index in range(args.rounds):
-            for method in (runnable if round_index % 2 == 0 else runnable[::-1]):
+            for method in runnable if round_index % 2 == 0 else runnable[::-1]:
                 row = _cpu_case(method, tokens, vocab, args)
                 previous = rows.get(method)
                 if previous is None or "skipped" in previous:
@@ -175,15 +185,29 @@ def run_cpu(cases, methods, args) -> list[dict]:
 
 
 def _cpu_case(method: str, tokens: int, vocab: int, args) -> dict:
-    command = [sys.executable, __file__, "--worker", method, str(tokens), str(vocab), "--dtype", args.dtype,
-               "--repeats", str(args.repeats)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        str(tokens),
+        str(vocab),
+        "--dtype",
+        args.dtype,
+        "--repeats",
+        str(args.repeats),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
     line = [row for row in completed.stdout.splitlines() if row.startswith("RESULT ")]
     if completed.returncode != 0 or not line:
-        return {"method": method, "tokens": tokens, "vocab": vocab,
-                "skipped": f"failed: {completed.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(line[0][len("RESULT "):])
+        return {
+            "method": method,
+            "tokens": tokens,
+            "vocab": vocab,
+            "skipped": f"failed: {completed.stderr.strip().splitlines()[-1:]}",
+        }
+    return json.loads(line[0][len("RESULT ") :])
 
 
 # ------------------------------------------------------------------------------------------ CUDA: one process
@@ -213,16 +237,31 @@ def run_cuda(cases, methods, args) -> list[dict]:
                     end.record()
                     torch.cuda.synchronize()
                     times.append(begin.elapsed_time(end) / 1000)
-                results.append({"method": method, "tokens": tokens, "vocab": vocab, "loss": value,
-                                "extra_bytes": extra, "seconds": min(times)})
+                results.append(
+                    {
+                        "method": method,
+                        "tokens": tokens,
+                        "vocab": vocab,
+                        "loss": value,
+                        "extra_bytes": extra,
+                        "seconds": min(times),
+                    }
+                )
             except ImportError as error:
-                results.append({"method": method, "tokens": tokens, "vocab": vocab,
-                                "skipped": f"not installed ({error.name})"})
+                results.append(
+                    {"method": method, "tokens": tokens, "vocab": vocab, "skipped": f"not installed ({error.name})"}
+                )
             except torch.cuda.OutOfMemoryError:
                 results.append({"method": method, "tokens": tokens, "vocab": vocab, "skipped": "out of memory"})
             except Exception as error:  # a competitor failing must not hide the other rows
-                results.append({"method": method, "tokens": tokens, "vocab": vocab,
-                                "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"})
+                results.append(
+                    {
+                        "method": method,
+                        "tokens": tokens,
+                        "vocab": vocab,
+                        "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:80]}",
+                    }
+                )
             finally:
                 hidden = labels = weight = None
             print_progress(results[-1])
@@ -243,8 +282,10 @@ def print_progress(row: dict) -> None:
 def print_table(results: list[dict], device: str, dtype: str) -> None:
     print(f"\nforward+backward of the causal-LM loss, H={HIDDEN_SIZE}, device={device}, dtype={dtype}")
     print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)\n")
-    header = (f"| {'N*T':>5} | {'V':>6} | {'method':<9} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | "
-              f"{'x hf':>5} | {'loss':>8} |")
+    header = (
+        f"| {'N*T':>5} | {'V':>6} | {'method':<9} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | "
+        f"{'x hf':>5} | {'loss':>8} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     by_case = {}
@@ -254,16 +295,20 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
         hf = rows.get("hf")
         for method, row in rows.items():
             if "skipped" in row:
-                print(f"| {tokens:>5} | {vocab:>6} | {method:<9} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
-                      f"{'-':>8} | {row['skipped']}")
+                print(
+                    f"| {tokens:>5} | {vocab:>6} | {method:<9} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
+                    f"{'-':>8} | {row['skipped']}"
+                )
                 continue
             memory_ratio = time_ratio = "-"
             if hf is not None and "skipped" not in hf:
                 memory_ratio = f"{row['extra_bytes'] / max(hf['extra_bytes'], 1):.3f}"
                 time_ratio = f"{row['seconds'] / hf['seconds']:.2f}"
-            print(f"| {tokens:>5} | {vocab:>6} | {method:<9} | {row['extra_bytes'] / 2**20:>9.0f} | "
-                  f"{memory_ratio:>6} | "
-                  f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |")
+            print(
+                f"| {tokens:>5} | {vocab:>6} | {method:<9} | {row['extra_bytes'] / 2**20:>9.0f} | "
+                f"{memory_ratio:>6} | "
+                f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |"
+            )
 
 
 def main() -> None:
@@ -288,8 +333,11 @@ def main() -> None:
         return
     default_methods = "hf,naive,ours,liger,cce" if args.device == "cuda" else "hf,naive,ours"
     methods = (args.methods or default_methods).split(",")
-    cases = DEFAULT_CASES if args.cases is None else [
-        tuple(int(x) for x in case.lower().split("x")) for case in args.cases.split(",")]
+    cases = (
+        DEFAULT_CASES
+        if args.cases is None
+        else [tuple(int(x) for x in case.lower().split("x")) for case in args.cases.split(",")]
+    )
     results = run_cuda(cases, methods, args) if args.device == "cuda" else run_cpu(cases, methods, args)
     print_table(results, args.device, args.dtype)
     if args.json:

@@ -77,18 +77,36 @@ def build_cases(shape_name: str, device: torch.device) -> list[Case]:
     # cross_entropy vs F.cross_entropy: identical definitions
     ce_theirs = lambda logits: F.cross_entropy(logits, labels)  # noqa: E731
     ce_ours = ours("cross_entropy", labels)
-    cases.append(Case("cross_entropy", "F.cross_entropy", shape_name, ce_ours, ce_theirs,
-                      lambda logits: (ce_ours(logits).item(), ce_theirs(logits).item())))
+    cases.append(
+        Case(
+            "cross_entropy",
+            "F.cross_entropy",
+            shape_name,
+            ce_ours,
+            ce_theirs,
+            lambda logits: (ce_ours(logits).item(), ce_theirs(logits).item()),
+        )
+    )
 
     # focal vs MONAI FocalLoss(use_softmax): MONAI's "mean" divides by N*C*pixels, ours by the N*pixels items
     monai_focal = monai.losses.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True).to(device)
     monai_focal_sum = monai.losses.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True, reduction="none")
     focal_theirs = lambda logits: monai_focal(logits, labels_channel)  # noqa: E731
     focal_ours = ours("focal", labels, gamma=2.0)
-    cases.append(Case("focal", "monai FocalLoss(softmax)", shape_name, focal_ours, focal_theirs,
-                      lambda logits: (focal_ours(logits).item(),
-                                      (monai_focal_sum(logits, labels_channel).sum() / labels.numel()).item()),
-                      "MONAI mean x C"))
+    cases.append(
+        Case(
+            "focal",
+            "monai FocalLoss(softmax)",
+            shape_name,
+            focal_ours,
+            focal_theirs,
+            lambda logits: (
+                focal_ours(logits).item(),
+                (monai_focal_sum(logits, labels_channel).sum() / labels.numel()).item(),
+            ),
+            "MONAI mean x C",
+        )
+    )
 
     # sigmoid_focal vs torchvision's (where installed) or its formula in plain torch: identical definitions
     try:
@@ -100,8 +118,16 @@ def build_cases(shape_name: str, device: torch.device) -> list[Case]:
         sf_theirs = lambda logits: plain_sigmoid_focal(logits, multilabel)  # noqa: E731
         sf_peer = "plain torch (torchvision formula)"
     sf_ours = ours("sigmoid_focal", multilabel, alpha=0.25, gamma=2.0)
-    cases.append(Case("sigmoid_focal", sf_peer, shape_name, sf_ours, sf_theirs,
-                      lambda logits: (sf_ours(logits).item(), sf_theirs(logits).item())))
+    cases.append(
+        Case(
+            "sigmoid_focal",
+            sf_peer,
+            shape_name,
+            sf_ours,
+            sf_theirs,
+            lambda logits: (sf_ours(logits).item(), sf_theirs(logits).item()),
+        )
+    )
 
     # dice / tversky vs MONAI (segmentation shape only: on (N, C) logits there is no region to overlap)
     if len(shape) > 2:
@@ -115,15 +141,23 @@ def build_cases(shape_name: str, device: torch.device) -> list[Case]:
             their_loss = peer(softmax=True, to_onehot_y=True, smooth_nr=1e-5, smooth_dr=1e-5, **kwargs).to(device)
             their_fn = (lambda loss: lambda logits: loss(logits, labels_channel))(their_loss)
             our_fn = ours(name, labels, smooth=1e-5, include_background=True, per_image=True, **kwargs)
-            compare = None if our_fn is None else (
-                lambda o, t: lambda logits: (o(logits).item(), t(logits).item()))(our_fn, their_fn)
+            compare = (
+                None
+                if our_fn is None
+                else (lambda o, t: lambda logits: (o(logits).item(), t(logits).item()))(our_fn, their_fn)
+            )
             cases.append(Case(name, f"monai {peer.__name__}", shape_name, our_fn, their_fn, compare))
     del onehot
     return cases
 
 
-def time_pair(our_fn: Callable[[Tensor], Tensor], their_fn: Callable[[Tensor], Tensor], logits: Tensor,
-              repeats: int, device: torch.device) -> tuple[float, float]:
+def time_pair(
+    our_fn: Callable[[Tensor], Tensor],
+    their_fn: Callable[[Tensor], Tensor],
+    logits: Tensor,
+    repeats: int,
+    device: torch.device,
+) -> tuple[float, float]:
     """Fastest forward+backward seconds of each, interleaved, after two warm-up calls each.
 
     The minimum, as ``timeit`` advises: on a shared machine the slower runs measure the other processes.
@@ -152,9 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads on CPU (default 1: on a shared machine, more threads than free "
-                             "cores makes OpenMP timings meaningless)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads on CPU (default 1: on a shared machine, more threads than free "
+        "cores makes OpenMP timings meaningless)",
+    )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(ALL_SHAPES))
     parser.add_argument("--losses", nargs="+", default=None, help="only these of our losses")
     args = parser.parse_args()
@@ -163,7 +201,10 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; fastest of {args.repeats} forward+backward calls")
-    header = f"| {'loss':<14}| {'peer':<34}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} | max abs diff |"
+    header = (
+        f"| {'loss':<14}| {'peer':<34}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} "
+        f"| max abs diff |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for shape_name in args.shapes:
@@ -173,8 +214,10 @@ def main() -> None:
             if args.losses and case.ours not in args.losses:
                 continue
             if case.our_fn is None:
-                print(f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {'n/a':>8} | {'':>9} | {'':>5} | "
-                      f"{'not registered':<12} |")
+                print(
+                    f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {'n/a':>8} | {'':>9} | {'':>5} | "
+                    f"{'not registered':<12} |"
+                )
                 continue
             ours_s, theirs_s = time_pair(case.our_fn, case.their_fn, logits, args.repeats, device)
             diff = ""
@@ -184,8 +227,10 @@ def main() -> None:
                 diff = f"{abs(ours_v - theirs_v):.1e}"
                 if case.note:
                     diff += f" ({case.note})"
-            print(f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {ours_s * 1e3:>8.2f} | "
-                  f"{theirs_s * 1e3:>9.2f} | {ours_s / theirs_s:>5.2f} | {diff:<12} |")
+            print(
+                f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {ours_s * 1e3:>8.2f} | "
+                f"{theirs_s * 1e3:>9.2f} | {ours_s / theirs_s:>5.2f} | {diff:<12} |"
+            )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[start: start + ctx.sizes[ctx.rank]], None
+        return grad[start : start + ctx.sizes[ctx.rank]], None
 
 
 def all_reduce_sum_with_grad(tensor: Tensor) -> Tensor:
@@ -150,8 +150,10 @@ def all_gather_with_grad(tensor: Tensor, sizes: Sequence[int] | None = None) -> 
         tensor = tensor.reshape(1)
     sizes = list(sizes) if sizes is not None else process_sizes(tensor.shape[0], tensor.device)
     if sizes[rank()] != tensor.shape[0]:
-        raise ValueError(f"all_gather_with_grad: `sizes[{rank()}]`={sizes[rank()]} but this rank's tensor has "
-                         f"{tensor.shape[0]} rows.")
+        raise ValueError(
+            f"all_gather_with_grad: `sizes[{rank()}]`={sizes[rank()]} but this rank's tensor has "
+            f"{tensor.shape[0]} rows."
+        )
     device = _collective_device(tensor)
     return _AllGather.apply(tensor.to(device), sizes).to(tensor.device)
 

@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "hf_losses.losses.cost_sensitive",
     "hf_losses.losses.multilabel",
     "hf_losses.losses.segmentation",
+    "hf_losses.losses.lovasz",
     "hf_losses.losses.regression",
     "hf_losses.losses.contrastive",
     "hf_losses.losses.ranking",
@@ -77,8 +78,10 @@ def _ensure_loaded() -> None:
         except Exception as error:  # a broken plugin must not take down the built-in losses
             import warnings
 
-            warnings.warn(f"hf-losses: could not load loss '{entry_point.name}' from entry point "
-                          f"'{entry_point.value}': {error}", stacklevel=2)
+            warnings.warn(
+                f"hf-losses: could not load loss '{entry_point.name}' from entry point '{entry_point.value}': {error}",
+                stacklevel=2,
+            )
 
 
 def list_losses() -> list[str]:
@@ -131,8 +134,10 @@ def parse_composite_expression(expression: str) -> dict[str, float]:
     for term in expression.split("+"):
         match = _TERM.match(term)
         if match is None:
-            raise ValueError(f"Cannot parse loss expression {expression!r} at {term.strip()!r}; "
-                             f"write a sum of weighted names such as '0.5*cross_entropy+0.5*dice'.")
+            raise ValueError(
+                f"Cannot parse loss expression {expression!r} at {term.strip()!r}; "
+                f"write a sum of weighted names such as '0.5*cross_entropy+0.5*dice'."
+            )
         component = resolve_name(match["name"])
         if component in weights:
             raise ValueError(f"Loss expression {expression!r} names '{component}' twice.")
@@ -147,8 +152,9 @@ def _build_composite_expression(expression: str, kwargs: Mapping[str, Any]) -> n
     for component in weights:
         options = kwargs.get(component, {})
         if not isinstance(options, Mapping):
-            raise TypeError(f"Loss expression {expression!r}: the options of '{component}' must be a dict, "
-                            f"got {options!r}.")
+            raise TypeError(
+                f"Loss expression {expression!r}: the options of '{component}' must be a dict, got {options!r}."
+            )
         components[component] = dict(options)
     return get_loss("composite", components=components, weights=weights, **extra)
 
@@ -175,21 +181,31 @@ def check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, An
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     allowed = [key for key, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     hints = _type_hints(factory)
-    missing = [key for key, p in parameters.items()
-               if p.default is inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-               and key not in kwargs]
+    missing = [
+        key
+        for key, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and key not in kwargs
+    ]
     if missing:
-        raise TypeError(f"loss '{name}': missing required parameter(s) {', '.join(repr(m) for m in missing)}; "
-                        f"see describe_loss('{name}').")
+        raise TypeError(
+            f"loss '{name}': missing required parameter(s) {', '.join(repr(m) for m in missing)}; "
+            f"see describe_loss('{name}')."
+        )
     for key, value in kwargs.items():
         if key not in parameters and not accepts_any:
-            raise ValueError(f"loss '{name}': unknown parameter '{key}'.{did_you_mean(key, allowed)} "
-                             f"Allowed parameters: {', '.join(allowed) or '(none)'}.")
+            raise ValueError(
+                f"loss '{name}': unknown parameter '{key}'.{did_you_mean(key, allowed)} "
+                f"Allowed parameters: {', '.join(allowed) or '(none)'}."
+            )
         if key in hints and not _matches(value, hints[key]):
             # a value of the right type outside a Literal's choices is a bad value, not a bad type
             error = ValueError if _literal_of_same_type(value, hints[key]) else TypeError
-            raise error(f"loss '{name}': parameter '{key}' must be {_type_name(hints[key])}, "
-                        f"got {type(value).__name__} {value!r}.")
+            raise error(
+                f"loss '{name}': parameter '{key}' must be {_type_name(hints[key])}, "
+                f"got {type(value).__name__} {value!r}."
+            )
 
 
 def _literal_of_same_type(value: Any, annotation: Any) -> bool:
@@ -277,8 +293,10 @@ class LossDescription:
         lines = [f"{self.name}: {self.summary}"]
         if self.reference:
             lines.append(f"  reference: {self.reference}")
-        lines.append(f"  averages over: {self.item_unit} ({'decomposable' if self.decomposable else 'batch statistics'});"
-                     f" labels: {self.label_kind}")
+        lines.append(
+            f"  averages over: {self.item_unit} ({'decomposable' if self.decomposable else 'batch statistics'});"
+            f" labels: {self.label_kind}"
+        )
         if self.aliases:
             lines.append(f"  aliases: {', '.join(self.aliases)}")
         lines.append("  parameters:")

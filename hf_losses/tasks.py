@@ -25,10 +25,21 @@ from torch import Tensor
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.language import shift_causal_labels
 from hf_losses.suggestions import did_you_mean
-TASKS = ("auto", "sequence_classification", "multi_label", "token_classification", "causal_lm",
-         "semantic_segmentation", "regression")
-PROBLEM_TYPES = {"single_label_classification": "sequence_classification",
-                 "multi_label_classification": "multi_label", "regression": "regression"}
+
+TASKS = (
+    "auto",
+    "sequence_classification",
+    "multi_label",
+    "token_classification",
+    "causal_lm",
+    "semantic_segmentation",
+    "regression",
+)
+PROBLEM_TYPES = {
+    "single_label_classification": "sequence_classification",
+    "multi_label_classification": "multi_label",
+    "regression": "regression",
+}
 
 # Class-name suffixes of transformers' heads, in the order they are tried.
 _HEAD_SUFFIXES = (
@@ -70,8 +81,10 @@ def _logits(outputs: Any) -> Tensor:
     if isinstance(outputs, Mapping):
         if outputs.get("logits") is not None:
             return outputs["logits"]
-        raise ValueError(f"The model returned no `logits` (keys: {', '.join(outputs.keys())}); hf-losses needs the "
-                         f"logits to compute the loss.")
+        raise ValueError(
+            f"The model returned no `logits` (keys: {', '.join(outputs.keys())}); hf-losses needs the "
+            f"logits to compute the loss."
+        )
     if isinstance(outputs, (tuple, list)):
         return outputs[0]
     return outputs
@@ -249,8 +262,9 @@ def build_task(task: str, model: Any = None, ignore_index: int = IGNORE_INDEX) -
         task = PROBLEM_TYPES[problem_type]
     if task == "sequence_classification":
         kind = "index" if problem_type == "single_label_classification" else None
-        return SequenceClassificationTask(name=task, label_kind=kind, ignore_index=ignore_index,
-                                          problem_type=problem_type, num_labels=num_labels)
+        return SequenceClassificationTask(
+            name=task, label_kind=kind, ignore_index=ignore_index, problem_type=problem_type, num_labels=num_labels
+        )
     if task == "multi_label":
         return MultiLabelTask(name=task, ignore_index=ignore_index)
     if task == "regression":
@@ -259,6 +273,9 @@ def build_task(task: str, model: Any = None, ignore_index: int = IGNORE_INDEX) -
         return TokenClassificationTask(name=task, ignore_index=ignore_index)
     if task == "causal_lm":
         return CausalLMTask(name=task, ignore_index=ignore_index)
-    return SemanticSegmentationTask(name=task, ignore_index=ignore_index,
-                                    data_ignore_index=getattr(config, "semantic_loss_ignore_index", None),
-                                    num_labels=num_labels)
+    return SemanticSegmentationTask(
+        name=task,
+        ignore_index=ignore_index,
+        data_ignore_index=getattr(config, "semantic_loss_ignore_index", None),
+        num_labels=num_labels,
+    )

@@ -11,8 +11,18 @@ from hf_losses import describe_loss, get_loss, list_losses, register_loss, regis
 from hf_losses.losses.base import Loss
 from hf_losses.losses.classification import CrossEntropyLoss, FocalLoss
 
-OWN_LOSSES = ["asl", "bce", "class_balanced", "cost_sensitive", "cross_entropy", "fn_penalty", "focal", "ldam",
-              "poly1", "sigmoid_focal"]
+OWN_LOSSES = [
+    "asl",
+    "bce",
+    "class_balanced",
+    "cost_sensitive",
+    "cross_entropy",
+    "fn_penalty",
+    "focal",
+    "ldam",
+    "poly1",
+    "sigmoid_focal",
+]
 
 
 @pytest.fixture
@@ -33,8 +43,11 @@ def test_list_losses_is_sorted_and_holds_the_builtin_losses():
 
 @pytest.mark.parametrize("name", OWN_LOSSES)
 def test_get_loss_builds_a_loss_module_carrying_its_registered_name(name):
-    required = {"class_balanced": {"samples_per_class": [3, 1]}, "ldam": {"samples_per_class": [3, 1]},
-                "cost_sensitive": {"cost_matrix": [[0, 1], [2, 0]]}}
+    required = {
+        "class_balanced": {"samples_per_class": [3, 1]},
+        "ldam": {"samples_per_class": [3, 1]},
+        "cost_sensitive": {"cost_matrix": [[0, 1], [2, 0]]},
+    }
     loss = get_loss(name, **required.get(name, {}))
     assert isinstance(loss, Loss) and loss.name == name
 
@@ -47,7 +60,9 @@ def test_aliases_resolve_to_the_canonical_loss():
 
 
 def test_unknown_name_suggests_close_matches_and_lists_the_available_losses():
-    with pytest.raises(ValueError, match=r"Unknown loss 'focall'\. Did you mean 'focal'.*Available losses: .*cross_entropy"):
+    with pytest.raises(
+        ValueError, match=r"Unknown loss 'focall'\. Did you mean 'focal'.*Available losses: .*cross_entropy"
+    ):
         get_loss("focall")
     with pytest.raises(ValueError) as error:
         get_loss("qqqqqq")
@@ -57,18 +72,28 @@ def test_unknown_name_suggests_close_matches_and_lists_the_available_losses():
 
 
 def test_unknown_parameter_names_the_loss_the_closest_parameter_and_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"loss 'cross_entropy': unknown parameter 'weights'\. Did you mean 'weight'\? "
-                                         r"Allowed parameters: weight, label_smoothing, ignore_index\."):
+    with pytest.raises(
+        ValueError,
+        match=r"loss 'cross_entropy': unknown parameter 'weights'\. Did you mean 'weight'\? "
+        r"Allowed parameters: weight, label_smoothing, ignore_index\.",
+    ):
         get_loss("cross_entropy", weights=[1.0, 2.0])
 
 
-@pytest.mark.parametrize("name,kwargs,message", [
-    ("focal", {"gamma": True}, r"parameter 'gamma' must be float, got bool True"),
-    ("focal", {"alpha": "0.25"}, r"parameter 'alpha' must be float or list of float or a Tensor or None, got str"),
-    ("cross_entropy", {"weight": "balanced"}, r"parameter 'weight' must be list of float or a Tensor or None"),
-    ("cost_sensitive", {"cost_matrix": [[0, 1], ["a", 0]]}, r"parameter 'cost_matrix' must be list of list of float"),
-    ("cross_entropy", {"ignore_index": -100.0}, r"parameter 'ignore_index' must be int, got float"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("focal", {"gamma": True}, r"parameter 'gamma' must be float, got bool True"),
+        ("focal", {"alpha": "0.25"}, r"parameter 'alpha' must be float or list of float or a Tensor or None, got str"),
+        ("cross_entropy", {"weight": "balanced"}, r"parameter 'weight' must be list of float or a Tensor or None"),
+        (
+            "cost_sensitive",
+            {"cost_matrix": [[0, 1], ["a", 0]]},
+            r"parameter 'cost_matrix' must be list of list of float",
+        ),
+        ("cross_entropy", {"ignore_index": -100.0}, r"parameter 'ignore_index' must be int, got float"),
+    ],
+)
 def test_mistyped_parameter_raises_type_error_with_the_expected_type(name, kwargs, message):
     with pytest.raises(TypeError, match=f"loss '{name}': " + message):
         get_loss(name, **kwargs)
@@ -84,7 +109,9 @@ def test_describe_loss_gives_parameters_types_defaults_summary_and_reference():
     description = describe_loss("class_balanced")
     parameters = {p.name: p for p in description.parameters}
     assert list(parameters) == ["samples_per_class", "beta", "base", "gamma", "ignore_index"]
-    assert parameters["samples_per_class"].required and parameters["samples_per_class"].type == "list of float or a Tensor"
+    assert (
+        parameters["samples_per_class"].required and parameters["samples_per_class"].type == "list of float or a Tensor"
+    )
     assert parameters["beta"].default == 0.9999 and parameters["beta"].type == "float"
     assert parameters["base"].type == "one of 'ce', 'focal'" and parameters["base"].default == "ce"
     assert "Cui et al. 2019" in description.reference
@@ -132,7 +159,8 @@ def test_register_loss_rejects_bad_names_and_non_callables():
 # ------------------------------------------------------------------------------------------------ entry points
 def write_distribution(folder, entry_points):
     """A minimal installed distribution (``*.dist-info``) with ``entry_points.txt``, and its module."""
-    (folder / "hf_losses_test_plugin.py").write_text(textwrap.dedent('''
+    (folder / "hf_losses_test_plugin.py").write_text(
+        textwrap.dedent('''
         from hf_losses.losses.base import Loss
 
         class SquaredHinge(Loss):
@@ -149,7 +177,8 @@ def write_distribution(folder, entry_points):
             def loss_sum(self, logits, labels):
                 signs = 2 * labels - 1
                 return (self.margin - signs * logits).clamp(min=0).pow(2).sum(), labels.numel()
-    '''))
+    ''')
+    )
     info = folder / "hf_losses_test_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hf-losses-test-plugin\nVersion: 0.1\n")
@@ -165,15 +194,17 @@ def test_third_party_loss_is_discovered_through_its_entry_point(tmp_path, monkey
     loss = get_loss("squared_hinge", margin=2.0)
     # targets 1, 0 -> signs +1, -1: hinge terms max(0, 2 - 0.5) = 1.5 and max(0, 2 + 3) = 5
     value = loss(torch.tensor([[0.5, 3.0]]), torch.tensor([[1.0, 0.0]]))
-    assert value.item() == pytest.approx((1.5 ** 2 + 5.0 ** 2) / 2)
+    assert value.item() == pytest.approx((1.5**2 + 5.0**2) / 2)
     assert describe_loss("squared_hinge").summary == "squared hinge"
     assert loss.name == "squared_hinge"
 
 
-def test_broken_entry_point_warns_and_builtin_entry_point_names_are_not_overridden(tmp_path, monkeypatch,
-                                                                                   isolated_registry):
-    write_distribution(tmp_path, "broken_plugin = hf_losses_no_such_module:Nope\n"
-                                 "focal = hf_losses_test_plugin:SquaredHinge\n")
+def test_broken_entry_point_warns_and_builtin_entry_point_names_are_not_overridden(
+    tmp_path, monkeypatch, isolated_registry
+):
+    write_distribution(
+        tmp_path, "broken_plugin = hf_losses_no_such_module:Nope\nfocal = hf_losses_test_plugin:SquaredHinge\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_loaded", False)
     with pytest.warns(UserWarning, match=r"could not load loss 'broken_plugin'"):
@@ -188,12 +219,15 @@ def test_composite_expression_parses_weights_aliases_and_defaults():
     assert parsed == {"cross_entropy": 0.5, "focal": 0.2, "poly1": 1.0}
 
 
-@pytest.mark.parametrize("expression,error,message", [
-    ("0.5*cross_entropy+", ValueError, r"Cannot parse loss expression '0\.5\*cross_entropy\+' at ''"),
-    ("ce+cross_entropy", ValueError, r"names 'cross_entropy' twice"),
-    ("0.5*focl+0.5*ce", ValueError, r"Unknown loss 'focl'\. Did you mean 'focal'"),
-    ("cross_entropy*0.5+focal", ValueError, r"Cannot parse loss expression"),
-])
+@pytest.mark.parametrize(
+    "expression,error,message",
+    [
+        ("0.5*cross_entropy+", ValueError, r"Cannot parse loss expression '0\.5\*cross_entropy\+' at ''"),
+        ("ce+cross_entropy", ValueError, r"names 'cross_entropy' twice"),
+        ("0.5*focl+0.5*ce", ValueError, r"Unknown loss 'focl'\. Did you mean 'focal'"),
+        ("cross_entropy*0.5+focal", ValueError, r"Cannot parse loss expression"),
+    ],
+)
 def test_bad_composite_expressions_are_refused(expression, error, message):
     with pytest.raises(error, match=message):
         get_loss(expression)
@@ -218,8 +252,11 @@ def test_composite_from_dict_equals_string_form_and_decomposes():
     logits, targets = torch.randn(6, 4, generator=generator), (torch.rand(6, 4, generator=generator) < 0.4).float()
     targets[2, :] = -100.0
     from_string = get_loss("0.5*bce+2*asl", bce={"pos_weight": [1.0, 2.0, 3.0, 4.0]})
-    from_dict = get_loss("composite", components={"bce": {"pos_weight": [1.0, 2.0, 3.0, 4.0]}, "asl": {}},
-                         weights={"bce": 0.5, "asl": 2.0})
+    from_dict = get_loss(
+        "composite",
+        components={"bce": {"pos_weight": [1.0, 2.0, 3.0, 4.0]}, "asl": {}},
+        weights={"bce": 0.5, "asl": 2.0},
+    )
     whole = from_dict(logits, targets)
     torch.testing.assert_close(from_string(logits, targets), whole)
     num_items = from_dict.num_items(targets)

@@ -69,15 +69,17 @@ def test_token_classification_is_flattened():
     batch = as_batch("token_classification", 3)
     logits = torch.randn(3, batch["labels"].shape[1], 5)
     read_logits, read_labels = build_task("token_classification").read({"logits": logits}, batch)
-    assert read_logits.shape == (3 * batch["labels"].shape[1], 5) and torch.equal(read_labels,
-                                                                                   batch["labels"].reshape(-1))
+    assert read_logits.shape == (3 * batch["labels"].shape[1], 5) and torch.equal(
+        read_labels, batch["labels"].reshape(-1)
+    )
 
 
 def test_problem_type_unset_is_decided_per_batch_as_transformers_does():
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=8, num_labels=3)
+    config = BertConfig(
+        vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, num_labels=3
+    )
     reader = build_task("auto", BertForSequenceClassification(config))
     assert reader.name == "sequence_classification" and reader.label_kind is None
     assert reader.loss_labels({"labels": torch.tensor([0, 2])}).dtype == torch.long
@@ -90,14 +92,17 @@ def test_problem_type_unset_is_decided_per_batch_as_transformers_does():
     assert labels.shape == (2, 1)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("BertForTokenClassification", "token_classification"),
-    ("LlamaForCausalLM", "causal_lm"),
-    ("GPT2LMHeadModel", "causal_lm"),
-    ("SegformerForSemanticSegmentation", "semantic_segmentation"),
-    ("ViTForImageClassification", "sequence_classification"),
-    ("T5ForConditionalGeneration", None),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("BertForTokenClassification", "token_classification"),
+        ("LlamaForCausalLM", "causal_lm"),
+        ("GPT2LMHeadModel", "causal_lm"),
+        ("SegformerForSemanticSegmentation", "semantic_segmentation"),
+        ("ViTForImageClassification", "sequence_classification"),
+        ("T5ForConditionalGeneration", None),
+    ],
+)
 def test_task_inferred_from_class_name(name, expected):
     model = type(name, (torch.nn.Module,), {})()
     assert infer_task(model) == expected

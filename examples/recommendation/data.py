@@ -28,9 +28,14 @@ class MovieLensSequences:
     num_eval_users: int
 
 
-def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fraction: float = 0.2,
-                   seed: int = 0, max_train_users: int | None = None,
-                   eval_items_per_user: int = 5) -> MovieLensSequences:
+def load_movielens(
+    min_item_ratings: int = 10,
+    max_length: int = 50,
+    held_out_fraction: float = 0.2,
+    seed: int = 0,
+    max_train_users: int | None = None,
+    eval_items_per_user: int = 5,
+) -> MovieLensSequences:
     """Ratings as implicit interactions (any rating), items with at least ``min_item_ratings`` ratings.
 
     Users are split at random: training users' whole histories are cut into chunks of ``max_length`` items;
@@ -60,10 +65,20 @@ def load_movielens(min_item_ratings: int = 10, max_length: int = 50, held_out_fr
     item_counts = torch.zeros(num_items + 1)
     for history in train_histories:
         item_counts += torch.bincount(torch.tensor(history), minlength=num_items + 1).float()
-    eval_histories, eval_targets = next_item_cases([sequences[user] for user in eval_users], max_length,
-                                                   eval_items_per_user)
-    return MovieLensSequences(num_items, num_items, train_sequences, eval_histories, eval_targets,
-                              genre_vectors(movies, item_of), item_counts, list(movies["title"]), len(eval_users))
+    eval_histories, eval_targets = next_item_cases(
+        [sequences[user] for user in eval_users], max_length, eval_items_per_user
+    )
+    return MovieLensSequences(
+        num_items,
+        num_items,
+        train_sequences,
+        eval_histories,
+        eval_targets,
+        genre_vectors(movies, item_of),
+        item_counts,
+        list(movies["title"]),
+        len(eval_users),
+    )
 
 
 def genre_vectors(movies: Any, item_of: dict[Any, int]) -> Tensor:
@@ -87,20 +102,21 @@ def training_windows(histories: list[list[int]], max_length: int) -> list[list[i
     windows = []
     for history in histories:
         for start in range(0, len(history), max_length):
-            chunk = history[start:start + max_length]
+            chunk = history[start : start + max_length]
             if len(chunk) >= 2:
                 windows.append(chunk)
     return windows
 
 
-def next_item_cases(histories: list[list[int]], max_length: int,
-                    items_per_user: int) -> tuple[list[list[int]], list[int]]:
+def next_item_cases(
+    histories: list[list[int]], max_length: int, items_per_user: int
+) -> tuple[list[list[int]], list[int]]:
     """``(histories, targets)``: each of a user's last ``items_per_user`` items after the (at most
     ``max_length - 1``) items before it."""
     eval_histories, eval_targets = [], []
     for history in histories:
         for position in range(max(1, len(history) - items_per_user), len(history)):
-            eval_histories.append(history[:position][-(max_length - 1):])
+            eval_histories.append(history[:position][-(max_length - 1) :])
             eval_targets.append(history[position])
     return eval_histories, eval_targets
 
@@ -110,24 +126,34 @@ def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int) -> dict[
     input_ids = torch.full((len(sequences), max_length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, sequence in enumerate(sequences):
-        input_ids[row, :len(sequence)] = torch.tensor(sequence[:max_length])
-        attention_mask[row, :len(sequence)] = 1
+        input_ids[row, : len(sequence)] = torch.tensor(sequence[:max_length])
+        attention_mask[row, : len(sequence)] = 1
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 @torch.no_grad()
-def top_k_lists(model: torch.nn.Module, histories: list[list[int]], num_items: int, pad_id: int, max_length: int,
-                k: int = 10, batch_size: int = 128) -> Tensor:
+def top_k_lists(
+    model: torch.nn.Module,
+    histories: list[list[int]],
+    num_items: int,
+    pad_id: int,
+    max_length: int,
+    k: int = 10,
+    batch_size: int = 128,
+) -> Tensor:
     """Top-``k`` unseen items after each history (scores at the last history position, seen items masked)."""
     model.eval()
     lists = []
     device = next(model.parameters()).device
     for start in range(0, len(histories), batch_size):
-        chunk = histories[start:start + batch_size]
+        chunk = histories[start : start + batch_size]
         batch = pad_batch(chunk, pad_id, max_length)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
+        logits = (
+            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            .logits.float()
+            .cpu()
+        )
         last = torch.tensor([len(h) - 1 for h in chunk])
         scores = logits[torch.arange(len(chunk)), last, :num_items].clone()
         for row, history in enumerate(chunk):
@@ -160,6 +186,9 @@ def top_k_metrics(lists: Tensor, targets: list[int], item_genres: Tensor, num_it
     k = lists.shape[1]
     off_diagonal = ~torch.eye(k, dtype=torch.bool)
     intra_list_distance = (1.0 - similarity[:, off_diagonal]).mean(dim=1)
-    return {f"recall@{k}": found.float().mean().item(), f"ndcg@{k}": ndcg.mean().item(),
-            f"intra_list_diversity@{k}": intra_list_distance.mean().item(),
-            f"coverage@{k}": lists.unique().numel() / num_items}
+    return {
+        f"recall@{k}": found.float().mean().item(),
+        f"ndcg@{k}": ndcg.mean().item(),
+        f"intra_list_diversity@{k}": intra_list_distance.mean().item(),
+        f"coverage@{k}": lists.unique().numel() / num_items,
+    }

@@ -65,19 +65,31 @@ DEFAULTS: dict[str, Any] = {
 class RecommendationArguments:
     """What this example adds to ``LossTrainingArguments``."""
 
-    diversity_weights: str = field(default="0,0.5,1", metadata={
-        "help": "Comma-separated diversity weights; one model is trained per weight (0 = plain softmax CE)."})
-    diversity_embeddings: str = field(default="genres", metadata={
-        "help": "Item embeddings of the diversity term: 'genres' (genre vectors) or 'model' (output embeddings)."})
-    item_popularity: bool = field(default=False, metadata={
-        "help": "Give the loss the training interaction counts (for popularity_weight or popularity sampling)."})
+    diversity_weights: str = field(
+        default="0,0.5,1",
+        metadata={"help": "Comma-separated diversity weights; one model is trained per weight (0 = plain softmax CE)."},
+    )
+    diversity_embeddings: str = field(
+        default="genres",
+        metadata={
+            "help": "Item embeddings of the diversity term: 'genres' (genre vectors) or 'model' (output embeddings)."
+        },
+    )
+    item_popularity: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the loss the training interaction counts (for popularity_weight or popularity sampling)."
+        },
+    )
     max_length: int = field(default=50, metadata={"help": "Items per training window / held-out history."})
     min_item_ratings: int = field(default=10, metadata={"help": "Drop items with fewer ratings."})
     held_out_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for evaluation."})
-    max_train_samples: int | None = field(default=None, metadata={
-        "help": "Use only the first N training windows (smoke tests)."})
-    max_eval_cases: int | None = field(default=None, metadata={
-        "help": "Evaluate on the first N held-out next-item cases (5 per held-out user)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training windows (smoke tests)."}
+    )
+    max_eval_cases: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N held-out next-item cases (5 per held-out user)."}
+    )
     hidden_size: int = field(default=64, metadata={"help": "Transformer width."})
     num_layers: int = field(default=2, metadata={"help": "Transformer layers."})
     num_heads: int = field(default=2, metadata={"help": "Attention heads."})
@@ -101,27 +113,41 @@ def build_model(data: MovieLensSequences, example_args: RecommendationArguments)
     """A small GPT-2 over item ids (the padding id is the last "token"), from a config: random weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=data.num_items + 1, n_positions=example_args.max_length,
-                        n_embd=example_args.hidden_size, n_layer=example_args.num_layers,
-                        n_head=example_args.num_heads, bos_token_id=None, eos_token_id=None,
-                        pad_token_id=data.pad_id)
+    config = GPT2Config(
+        vocab_size=data.num_items + 1,
+        n_positions=example_args.max_length,
+        n_embd=example_args.hidden_size,
+        n_layer=example_args.num_layers,
+        n_head=example_args.num_heads,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=data.pad_id,
+    )
     return GPT2LMHeadModel(config)
 
 
-def train_one(data: MovieLensSequences, training_args: Any, example_args: RecommendationArguments,
-              diversity_weight: float) -> tuple[dict[str, float], list[dict[str, float]]]:
+def train_one(
+    data: MovieLensSequences, training_args: Any, example_args: RecommendationArguments, diversity_weight: float
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Train one model with ``diversity_weight``; return its held-out metrics and its log history."""
     import datasets
 
     from hf_losses import LossTrainer
 
-    loss_kwargs = {"top_k": example_args.top_k, **dict(training_args.loss_kwargs or {}),
-                   "diversity_weight": diversity_weight}
-    args = dataclasses.replace(training_args, loss_kwargs=loss_kwargs,
-                               output_dir=os.path.join(training_args.output_dir, f"diversity_{diversity_weight:g}"))
-    sequences = data.train_sequences[:example_args.max_train_samples]
+    loss_kwargs = {
+        "top_k": example_args.top_k,
+        **dict(training_args.loss_kwargs or {}),
+        "diversity_weight": diversity_weight,
+    }
+    args = dataclasses.replace(
+        training_args,
+        loss_kwargs=loss_kwargs,
+        output_dir=os.path.join(training_args.output_dir, f"diversity_{diversity_weight:g}"),
+    )
+    sequences = data.train_sequences[: example_args.max_train_samples]
     train_dataset = datasets.Dataset.from_dict(
-        {key: value.tolist() for key, value in pad_batch(sequences, data.pad_id, example_args.max_length).items()})
+        {key: value.tolist() for key, value in pad_batch(sequences, data.pad_id, example_args.max_length).items()}
+    )
     torch.manual_seed(args.seed)
     model = build_model(data, example_args)
     trainer = LossTrainer(model=model, args=args, train_dataset=train_dataset)
@@ -134,8 +160,14 @@ def train_one(data: MovieLensSequences, training_args: Any, example_args: Recomm
     trainer.train()
     trainer.save_model()
     users = slice(None, example_args.max_eval_cases)
-    lists = top_k_lists(trainer.model, data.eval_histories[users], data.num_items, data.pad_id,
-                        example_args.max_length, k=example_args.top_k)
+    lists = top_k_lists(
+        trainer.model,
+        data.eval_histories[users],
+        data.num_items,
+        data.pad_id,
+        example_args.max_length,
+        k=example_args.top_k,
+    )
     metrics = top_k_metrics(lists, data.eval_targets[users], data.item_genres, data.num_items)
     return metrics, trainer.state.log_history
 
@@ -185,8 +217,9 @@ def plot(rows: list[tuple[float, dict[str, float]]], histories: list[list[dict[s
 def main(argv: list[str] | None = None) -> list[tuple[float, dict[str, float]]]:
     training_args, example_args = parse_arguments(argv)
     weights = [float(w) for w in example_args.diversity_weights.split(",") if w.strip()]
-    data = load_movielens(example_args.min_item_ratings, example_args.max_length, example_args.held_out_fraction,
-                          seed=training_args.seed)
+    data = load_movielens(
+        example_args.min_item_ratings, example_args.max_length, example_args.held_out_fraction, seed=training_args.seed
+    )
     rows, histories = [], []
     for weight in weights:
         metrics, history = train_one(data, training_args, example_args, weight)
@@ -194,16 +227,23 @@ def main(argv: list[str] | None = None) -> list[tuple[float, dict[str, float]]]:
         histories.append(history)
     if training_args.process_index == 0:
         cases = slice(None, example_args.max_eval_cases)
-        baseline = top_k_metrics(popularity_lists(data.item_counts, data.eval_histories[cases], data.num_items,
-                                                  example_args.top_k),
-                                 data.eval_targets[cases], data.item_genres, data.num_items)
-        table = results_table([(f"diversity_weight={weight:g}", metrics) for weight, metrics in rows]
-                              + [("most popular unseen (no model)", baseline)])
-        header = (f"MovieLens 100k next-item: {data.num_items} items, "
-                  f"{len(data.train_sequences[:example_args.max_train_samples])} training windows, "
-                  f"{len(data.eval_targets[cases])} next-item cases of {data.num_eval_users} held-out users; "
-                  f"top-{example_args.top_k} lists of unseen items; trained on {training_args.world_size} "
-                  f"process(es).\n\n")
+        baseline = top_k_metrics(
+            popularity_lists(data.item_counts, data.eval_histories[cases], data.num_items, example_args.top_k),
+            data.eval_targets[cases],
+            data.item_genres,
+            data.num_items,
+        )
+        table = results_table(
+            [(f"diversity_weight={weight:g}", metrics) for weight, metrics in rows]
+            + [("most popular unseen (no model)", baseline)]
+        )
+        header = (
+            f"MovieLens 100k next-item: {data.num_items} items, "
+            f"{len(data.train_sequences[: example_args.max_train_samples])} training windows, "
+            f"{len(data.eval_targets[cases])} next-item cases of {data.num_eval_users} held-out users; "
+            f"top-{example_args.top_k} lists of unseen items; trained on {training_args.world_size} "
+            f"process(es).\n\n"
+        )
         print(header + table)
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "results.md"), "w") as handle:

@@ -32,22 +32,32 @@ TARGETS = {"nuclei_and_boundaries": ["background", "nucleus", "boundary"], "nucl
 class SegmentationArguments:
     """Tiles, model size and comparison (training and loss flags come from LossTrainingArguments)."""
 
-    targets: Literal["nuclei_and_boundaries", "nuclei"] = field(default="nuclei_and_boundaries", metadata={
-        "help": "Classes to segment: background / nucleus / boundary (default; the boundary class is rare), or "
-                "background / nucleus."})
+    targets: Literal["nuclei_and_boundaries", "nuclei"] = field(
+        default="nuclei_and_boundaries",
+        metadata={
+            "help": "Classes to segment: background / nucleus / boundary (default; the boundary class is rare), or "
+            "background / nucleus."
+        },
+    )
     tile_size: int = field(default=64, metadata={"help": "Side of the square tiles (pixels)."})
-    train_stride: int = field(default=32, metadata={"help": "Step between training tiles (overlapping when < "
-                                                            "tile_size)."})
-    held_out_width: int = field(default=128, metadata={
-        "help": "Right-most columns of the image kept for evaluation (never trained on)."})
+    train_stride: int = field(
+        default=32, metadata={"help": "Step between training tiles (overlapping when < tile_size)."}
+    )
+    held_out_width: int = field(
+        default=128, metadata={"help": "Right-most columns of the image kept for evaluation (never trained on)."}
+    )
     hidden_sizes: str = field(default="16,32,64,128", metadata={"help": "SegFormer widths of the 4 stages."})
     decoder_hidden_size: int = field(default=64, metadata={"help": "SegFormer decoder width."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cut the training tiles (smoke tests)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cut the held-out tiles (smoke tests)."})
     baseline_loss_type: str = field(default="cross_entropy", metadata={"help": "The loss compared against."})
-    tune_trials: int = field(default=0, metadata={
-        "help": "Run this many optuna trials over the Dice weight (or the loss's parameter) first, objective "
-                "held-out Dice, then compare with the best."})
+    tune_trials: int = field(
+        default=0,
+        metadata={
+            "help": "Run this many optuna trials over the Dice weight (or the loss's parameter) first, objective "
+            "held-out Dice, then compare with the best."
+        },
+    )
     save_models: bool = field(default=True, metadata={"help": "Save each trained model in its run folder."})
 
 
@@ -74,7 +84,7 @@ def instance_boundaries(instances: np.ndarray) -> np.ndarray:
     padded = np.pad(instances, 1, mode="edge")
     differs = np.zeros(instances.shape, dtype=bool)
     for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        differs |= padded[dy:dy + height, dx:dx + width] != instances
+        differs |= padded[dy : dy + height, dx : dx + width] != instances
     return differs & (instances > 0)
 
 
@@ -85,8 +95,9 @@ def stardist_image_and_mask(targets: str = "nuclei_and_boundaries") -> tuple[np.
 
     spec = importlib.util.find_spec("stardist")  # found without importing it: we only read its data files
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("this example reads the nuclei image shipped by stardist: "
-                                "pip install --no-deps stardist")
+        raise FileNotFoundError(
+            "this example reads the nuclei image shipped by stardist: pip install --no-deps stardist"
+        )
     folder = Path(list(spec.submodule_search_locations)[0], "data", "images")
     image = tifffile.imread(folder / "img2d.tif").astype(np.float32)
     instances = tifffile.imread(folder / "mask2d.tif").astype(np.int64)
@@ -100,8 +111,14 @@ def stardist_image_and_mask(targets: str = "nuclei_and_boundaries") -> tuple[np.
     return image, mask
 
 
-def tiles(image: np.ndarray, mask: np.ndarray, size: int, stride: int, x_start: int, x_stop: int,
-          ) -> tuple[np.ndarray, np.ndarray]:
+def tiles(
+    image: np.ndarray,
+    mask: np.ndarray,
+    size: int,
+    stride: int,
+    x_start: int,
+    x_stop: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """All ``size`` x ``size`` tiles whose columns lie in ``[x_start, x_stop)``, every ``stride`` pixels."""
     height = image.shape[0]
     if x_stop - x_start < size:
@@ -109,8 +126,8 @@ def tiles(image: np.ndarray, mask: np.ndarray, size: int, stride: int, x_start: 
     pixels, labels = [], []
     for y in range(0, height - size + 1, stride):
         for x in range(x_start, x_stop - size + 1, stride):
-            pixels.append(image[None, y:y + size, x:x + size])
-            labels.append(mask[y:y + size, x:x + size])
+            pixels.append(image[None, y : y + size, x : x + size])
+            labels.append(mask[y : y + size, x : x + size])
     return np.stack(pixels), np.stack(labels)
 
 
@@ -122,8 +139,8 @@ def load_data(args: SegmentationArguments) -> tuple[Any, Any]:
     split = image.shape[1] - args.held_out_width
     train_x, train_y = tiles(image, mask, args.tile_size, args.train_stride, 0, split)
     test_x, test_y = tiles(image, mask, args.tile_size, args.tile_size, split, image.shape[1])
-    train_x, train_y = train_x[:args.max_train_samples], train_y[:args.max_train_samples]
-    test_x, test_y = test_x[:args.max_eval_samples], test_y[:args.max_eval_samples]
+    train_x, train_y = train_x[: args.max_train_samples], train_y[: args.max_train_samples]
+    test_x, test_y = test_x[: args.max_eval_samples], test_y[: args.max_eval_samples]
     train = Dataset.from_dict({"pixel_values": train_x, "labels": train_y}).with_format("torch")
     test = Dataset.from_dict({"pixel_values": test_x, "labels": test_y}).with_format("torch")
     return train, test
@@ -133,11 +150,18 @@ def load_data(args: SegmentationArguments) -> tuple[Any, Any]:
 def segformer_config(args: SegmentationArguments) -> SegformerConfig:
     label_names = TARGETS[args.targets]
     hidden_sizes = [int(size) for size in args.hidden_sizes.split(",")]
-    return SegformerConfig(num_channels=1, num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1],
-                           hidden_sizes=hidden_sizes, num_attention_heads=[1, 1, 2, 4],
-                           decoder_hidden_size=args.decoder_hidden_size, num_labels=len(label_names),
-                           id2label=dict(enumerate(label_names)),
-                           label2id={name: i for i, name in enumerate(label_names)})
+    return SegformerConfig(
+        num_channels=1,
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=hidden_sizes,
+        num_attention_heads=[1, 1, 2, 4],
+        decoder_hidden_size=args.decoder_hidden_size,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
 
 
 def predicted_masks(logits: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -155,8 +179,11 @@ def make_compute_metrics(label_names: list[str]):
     metric = load_metric("dice_iou")
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
-        result = metric.compute(predictions=list(prediction.predictions), references=list(prediction.label_ids),
-                                num_classes=len(label_names))
+        result = metric.compute(
+            predictions=list(prediction.predictions),
+            references=list(prediction.label_ids),
+            num_classes=len(label_names),
+        )
         named = {"dice": result["dice"], "iou": result["iou"]}  # means over the foreground classes
         for index, name in enumerate(label_names):
             named[f"dice_{name}"] = result[f"dice_{index}"]
@@ -183,24 +210,39 @@ def main(argv: list[str] | None = None) -> str:
         return SegformerForSemanticSegmentation(config)
 
     def make_trainer(run_args: Any) -> Any:
-        return LossTrainer(model_init=model_init, args=run_args, train_dataset=train_dataset,
-                           eval_dataset=test_dataset, compute_metrics=make_compute_metrics(label_names),
-                           preprocess_logits_for_metrics=predicted_masks)
+        return LossTrainer(
+            model_init=model_init,
+            args=run_args,
+            train_dataset=train_dataset,
+            eval_dataset=test_dataset,
+            compute_metrics=make_compute_metrics(label_names),
+            preprocess_logits_for_metrics=predicted_masks,
+        )
 
     held_out = np.concatenate([labels.numpy().reshape(-1) for labels in test_dataset["labels"]])
     shares = ", ".join(f"{name} {np.mean(held_out == index):.1%}" for index, name in enumerate(label_names))
-    intro = (f"stardist nuclei image, {args.tile_size}x{args.tile_size} tiles: {len(train_dataset)} training tiles "
-             f"(stride {args.train_stride}) from the left part, {len(test_dataset)} held-out tiles from the right-most "
-             f"{args.held_out_width} columns (pixels: {shares}). SegFormer ({config.hidden_sizes}) from a config, "
-             f"{training_args.num_train_epochs:g} epochs, seed {training_args.seed}. Dice and IoU over all held-out "
-             f"pixels, per class and averaged over the foreground classes.")
+    intro = (
+        f"stardist nuclei image, {args.tile_size}x{args.tile_size} tiles: {len(train_dataset)} training tiles "
+        f"(stride {args.train_stride}) from the left part, {len(test_dataset)} held-out tiles from the right-most "
+        f"{args.held_out_width} columns (pixels: {shares}). SegFormer ({config.hidden_sizes}) from a config, "
+        f"{training_args.num_train_epochs:g} epochs, seed {training_args.seed}. Dice and IoU over all held-out "
+        f"pixels, per class and averaged over the foreground classes."
+    )
     columns = [(f"eval_dice_{name}", f"Dice {name}") for name in label_names[1:]]
     columns += [("eval_dice", "mean Dice"), ("eval_iou", "mean IoU")]
-    return run_comparison(make_trainer, training_args, baseline_loss_type=args.baseline_loss_type,
-                          title="Nuclei segmentation", intro=intro, columns=columns,
-                          plot_metrics=("eval_dice", f"eval_dice_{label_names[-1]}"), tune_trials=args.tune_trials,
-                          objective_metric="dice", save_models=args.save_models,
-                          model_card={"dataset": "stardist 2-D nuclei image", "tasks": "image-segmentation"})
+    return run_comparison(
+        make_trainer,
+        training_args,
+        baseline_loss_type=args.baseline_loss_type,
+        title="Nuclei segmentation",
+        intro=intro,
+        columns=columns,
+        plot_metrics=("eval_dice", f"eval_dice_{label_names[-1]}"),
+        tune_trials=args.tune_trials,
+        objective_metric="dice",
+        save_models=args.save_models,
+        model_card={"dataset": "stardist 2-D nuclei image", "tasks": "image-segmentation"},
+    )
 
 
 if __name__ == "__main__":

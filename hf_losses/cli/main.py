@@ -61,9 +61,18 @@ def _config(args: argparse.Namespace) -> None:
 
     try:
         files = write_launch_config(
-            args.output_dir, num_processes=args.num_processes, num_machines=args.num_machines, use_cpu=args.cpu,
-            zero_stage=args.deepspeed, offload=args.offload, fsdp=args.fsdp, mixed_precision=args.mixed_precision,
-            name=args.name, main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
+            args.output_dir,
+            num_processes=args.num_processes,
+            num_machines=args.num_machines,
+            use_cpu=args.cpu,
+            zero_stage=args.deepspeed,
+            offload=args.offload,
+            fsdp=args.fsdp,
+            mixed_precision=args.mixed_precision,
+            name=args.name,
+            main_process_ip=args.main_process_ip,
+            main_process_port=args.main_process_port,
+        )
     except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
     kind = files.distributed_type
@@ -104,17 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="parameters, defaults and reference of one loss")
     describe.add_argument("name", help="a loss name from 'hf-losses list'")
 
-    _add_config_arguments(commands.add_parser(
-        "config", help="write an accelerate YAML (+ DeepSpeed JSON) for your machines"))
+    _add_config_arguments(
+        commands.add_parser("config", help="write an accelerate YAML (+ DeepSpeed JSON) for your machines")
+    )
 
     plot = commands.add_parser("plot", help="loss curves per component and eval metrics of a run -> PNG")
     plot.add_argument("run_dir", help="a Trainer output_dir or checkpoint folder (holds trainer_state.json)")
     plot.add_argument("--output", default=None, help="PNG path (default RUN_DIR/loss_curves.png)")
     plot.add_argument("--title", default=None, help="figure title")
 
-    commands.add_parser("demo", help="fine-tune MiniLM on imbalanced movie reviews: cross_entropy vs an "
-                                     "imbalance loss (any training argument may follow, e.g. --output_dir)",
-                        add_help=False)
+    commands.add_parser(
+        "demo",
+        help="fine-tune MiniLM on imbalanced movie reviews: cross_entropy vs an "
+        "imbalance loss (any training argument may follow, e.g. --output_dir)",
+        add_help=False,
+    )
     return parser
 
 
@@ -123,17 +136,32 @@ def _add_config_arguments(config: argparse.ArgumentParser) -> None:
     from hf_losses.launch.choices import MIXED_PRECISIONS, ZERO_STAGES
 
     config.add_argument("--output_dir", default=".", help="folder to write into (default: current folder)")
-    config.add_argument("--num_processes", type=int, default=1,
-                        help="processes over all machines: GPUs, or CPU processes with --cpu (default 1)")
+    config.add_argument(
+        "--num_processes",
+        type=int,
+        default=1,
+        help="processes over all machines: GPUs, or CPU processes with --cpu (default 1)",
+    )
     config.add_argument("--num_machines", type=int, default=1, help="nodes (default 1)")
     config.add_argument("--cpu", action="store_true", help="CPU processes with the gloo backend, no GPU")
-    config.add_argument("--deepspeed", type=int, choices=ZERO_STAGES, default=None, metavar="ZERO_STAGE",
-                        help="DeepSpeed with this ZeRO stage (0, 1, 2 or 3); also writes the DeepSpeed JSON")
-    config.add_argument("--offload", action="store_true", help="ZeRO-2/3: optimizer states (and ZeRO-3 "
-                                                               "parameters) in CPU memory")
+    config.add_argument(
+        "--deepspeed",
+        type=int,
+        choices=ZERO_STAGES,
+        default=None,
+        metavar="ZERO_STAGE",
+        help="DeepSpeed with this ZeRO stage (0, 1, 2 or 3); also writes the DeepSpeed JSON",
+    )
+    config.add_argument(
+        "--offload", action="store_true", help="ZeRO-2/3: optimizer states (and ZeRO-3 parameters) in CPU memory"
+    )
     config.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 instead of DDP (GPUs)")
-    config.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default="auto",
-                        help="'auto' (default): taken from --bf16/--fp16 of the training arguments")
+    config.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISIONS,
+        default="auto",
+        help="'auto' (default): taken from --bf16/--fp16 of the training arguments",
+    )
     config.add_argument("--name", default=None, help="file stem (default from the settings, e.g. deepspeed_zero2)")
     config.add_argument("--main_process_ip", default=None, help="several machines: address of the rank-0 node")
     config.add_argument("--main_process_port", type=int, default=None, help="several machines: its port")

@@ -25,13 +25,15 @@ def find_trainer_state(run_dir: str | Path) -> Path:
     state = run_dir / "trainer_state.json"
     if state.is_file():
         return state
-    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"),
-                         key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit()
-                         else -1)
+    checkpoints = sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
+    )
     if checkpoints:
         return checkpoints[-1]
-    raise FileNotFoundError(f"no trainer_state.json in '{run_dir}' or its checkpoint-* folders; is it the "
-                            f"output_dir of a Trainer run?")
+    raise FileNotFoundError(
+        f"no trainer_state.json in '{run_dir}' or its checkpoint-* folders; is it the output_dir of a Trainer run?"
+    )
 
 
 def read_log_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -50,8 +52,12 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     steps, values = [], []
     for record in history:
         value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                and "step" in record:
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and "step" in record
+        ):
             steps.append(record["step"])
             values.append(float(value))
     return steps, values
@@ -101,8 +107,12 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None, title: str |
     return _save(plt, figure, Path(output) if output else Path(run_dir) / "loss_curves.png")
 
 
-def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], output: str | Path,
-                    metrics: Sequence[str] = (), title: str | None = None) -> Path:
+def plot_comparison(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    output: str | Path,
+    metrics: Sequence[str] = (),
+    title: str | None = None,
+) -> Path:
     """Several runs side by side (e.g. cross_entropy vs focal): training loss, eval loss and chosen eval metrics,
     one line per run. ``histories`` maps a run label to its ``log_history``."""
     plt = _pyplot()

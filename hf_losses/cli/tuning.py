@@ -38,9 +38,11 @@ def default_search_space(loss_type: str) -> Callable[..., dict[str, Any]]:
         return _second_term_weight_space(loss_type)
     name = resolve_name(loss_type)
     if name not in DEFAULT_SEARCH_RANGES:
-        raise ValueError(f"no default search space for loss '{name}'; tunable by default: "
-                         f"{', '.join(DEFAULT_SEARCH_RANGES)}. Pass your own hp_space to "
-                         f"trainer.hyperparameter_search.")
+        raise ValueError(
+            f"no default search space for loss '{name}'; tunable by default: "
+            f"{', '.join(DEFAULT_SEARCH_RANGES)}. Pass your own hp_space to "
+            f"trainer.hyperparameter_search."
+        )
     parameter, low, high, log = DEFAULT_SEARCH_RANGES[name]
 
     def space(trial: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -50,8 +52,15 @@ def default_search_space(loss_type: str) -> Callable[..., dict[str, Any]]:
     return space
 
 
-def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSetting, n_trials: int,
-              objective_metric: str, direction: str = "maximize", seed: int = 0) -> tuple[LossSetting, list[dict]]:
+def tune_loss(
+    make_trainer: Callable[[Any], Any],
+    args: Any,
+    setting: LossSetting,
+    n_trials: int,
+    objective_metric: str,
+    direction: str = "maximize",
+    seed: int = 0,
+) -> tuple[LossSetting, list[dict]]:
     """``trainer.hyperparameter_search(backend="optuna")`` over the loss parameters of ``setting``.
 
     ``make_trainer(args)`` must pass ``model_init`` (a fresh model per trial). The objective is the eval metric
@@ -79,14 +88,24 @@ def tune_loss(make_trainer: Callable[[Any], Any], args: Any, setting: LossSettin
             trials[max(trials)]["objective"] = float(metrics[key])
         return float(metrics[key])
 
-    tune_args = dataclasses.replace(with_loss(args, setting, Path(args.output_dir) / "tuning"),
-                                    save_strategy="no", report_to=[])
+    tune_args = dataclasses.replace(
+        with_loss(args, setting, Path(args.output_dir) / "tuning"), save_strategy="no", report_to=[]
+    )
     best = make_trainer(tune_args).hyperparameter_search(
-        hp_space=hp_space, compute_objective=objective, n_trials=n_trials, direction=direction, backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=seed))
+        hp_space=hp_space,
+        compute_objective=objective,
+        n_trials=n_trials,
+        direction=direction,
+        backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
     chosen = hp_space(_FixedTrial(_broadcast(None if best is None else dict(best.hyperparameters))))
-    tuned = LossSetting("", chosen.get("loss_type", setting.loss_type),
-                        dict(chosen.get("loss_kwargs", setting.loss_kwargs)), setting.class_weights)
+    tuned = LossSetting(
+        "",
+        chosen.get("loss_type", setting.loss_type),
+        dict(chosen.get("loss_kwargs", setting.loss_kwargs)),
+        setting.class_weights,
+    )
     tuned.label = "tuned " + tuned.describe()
     return tuned, [trials[number] for number in sorted(trials)]
 
@@ -96,8 +115,12 @@ def tuning_table(trials: Sequence[Mapping[str, Any]], metric: str) -> str:
     if not trials:
         return ""
     names = sorted({key for trial in trials for key in trial["params"]})
-    lines = ["Tuning (optuna, trainer.hyperparameter_search):", "",
-             "| trial | " + " | ".join(names) + f" | {metric} |", "|---" * (len(names) + 2) + "|"]
+    lines = [
+        "Tuning (optuna, trainer.hyperparameter_search):",
+        "",
+        "| trial | " + " | ".join(names) + f" | {metric} |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     for trial in trials:
         values = [f"{trial['params'].get(name, float('nan')):.4g}" for name in names]
         objective = "n/a" if trial["objective"] is None else f"{trial['objective']:.4f}"

@@ -52,15 +52,24 @@ def runs_as(distributed_type: str, *, use_cpu: bool) -> str:
     return "MULTI_CPU" if distributed_type == "MULTI_GPU" and use_cpu else distributed_type
 
 
-def accelerate_config(*, num_processes: int = 1, num_machines: int = 1, use_cpu: bool = False,
-                      zero_stage: ZeroStage | None = None, fsdp: bool = False,
-                      mixed_precision: MixedPrecision = "auto", deepspeed_config_file: str | None = None,
-                      main_process_ip: str | None = None, main_process_port: int | None = None) -> dict[str, Any]:
+def accelerate_config(
+    *,
+    num_processes: int = 1,
+    num_machines: int = 1,
+    use_cpu: bool = False,
+    zero_stage: ZeroStage | None = None,
+    fsdp: bool = False,
+    mixed_precision: MixedPrecision = "auto",
+    deepspeed_config_file: str | None = None,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
+) -> dict[str, Any]:
     """The Accelerate config dict (what ``accelerate config`` would save) for these settings, keys sorted."""
     check_shape(num_processes, num_machines, use_cpu, zero_stage, fsdp)
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISIONS)
-    distributed_type = distributed_type_for(num_processes=num_processes, use_cpu=use_cpu, zero_stage=zero_stage,
-                                            fsdp=fsdp)
+    distributed_type = distributed_type_for(
+        num_processes=num_processes, use_cpu=use_cpu, zero_stage=zero_stage, fsdp=fsdp
+    )
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
@@ -94,14 +103,18 @@ def check_shape(num_processes: int, num_machines: int, use_cpu: bool, zero_stage
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config writer: `{label}` must be an int >= 1, got {value!r}.")
     if num_processes % num_machines:
-        raise ValueError(f"config writer: `num_processes` ({num_processes}) counts processes over all machines and "
-                         f"must be a multiple of `num_machines` ({num_machines}).")
+        raise ValueError(
+            f"config writer: `num_processes` ({num_processes}) counts processes over all machines and "
+            f"must be a multiple of `num_machines` ({num_machines})."
+        )
     if zero_stage is not None and fsdp:
         raise ValueError("config writer: choose DeepSpeed (`zero_stage`) or `fsdp`, not both.")
     if zero_stage is not None and use_cpu:
-        raise ValueError("config writer: DeepSpeed with `use_cpu=True` would not start DeepSpeed at all; leave "
-                         "use_cpu False: on a machine without GPUs DeepSpeed runs on CPU with the gloo backend "
-                         "that LossTrainingArguments selects.")
+        raise ValueError(
+            "config writer: DeepSpeed with `use_cpu=True` would not start DeepSpeed at all; leave "
+            "use_cpu False: on a machine without GPUs DeepSpeed runs on CPU with the gloo backend "
+            "that LossTrainingArguments selects."
+        )
     if fsdp and use_cpu:
         raise ValueError("config writer: FSDP with `use_cpu=True` silently runs DDP in Accelerate; FSDP needs GPUs.")
 
@@ -119,6 +132,8 @@ def _deepspeed_section(zero_stage: int | None, num_machines: int, deepspeed_conf
 def _main_process_address(num_machines: int, ip: str | None, port: int | None) -> dict[str, Any]:
     """Rank 0's address: always for several machines (placeholders if not given), else only a given port."""
     if num_machines > 1:
-        return {"main_process_ip": ip or DEFAULT_MAIN_PROCESS_IP,
-                "main_process_port": port or DEFAULT_MAIN_PROCESS_PORT}
+        return {
+            "main_process_ip": ip or DEFAULT_MAIN_PROCESS_IP,
+            "main_process_port": port or DEFAULT_MAIN_PROCESS_PORT,
+        }
     return {} if port is None else {"main_process_port": port}

@@ -23,8 +23,11 @@ logger = logging.getLogger(__name__)
 _DEEPSPEED_TRAINER_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("train_micro_batch_size_per_gpu", "per_device_train_batch_size", lambda a: a.per_device_train_batch_size),
     ("gradient_accumulation_steps", "gradient_accumulation_steps", lambda a: a.gradient_accumulation_steps),
-    ("train_batch_size", "world_size x per_device_train_batch_size x gradient_accumulation_steps",
-     lambda a: a.world_size * a.per_device_train_batch_size * a.gradient_accumulation_steps),
+    (
+        "train_batch_size",
+        "world_size x per_device_train_batch_size x gradient_accumulation_steps",
+        lambda a: a.world_size * a.per_device_train_batch_size * a.gradient_accumulation_steps,
+    ),
     ("gradient_clipping", "max_grad_norm", lambda a: a.max_grad_norm),
     ("optimizer.params.lr", "learning_rate", lambda a: a.learning_rate),
     ("optimizer.params.betas", "adam_beta1, adam_beta2", lambda a: [a.adam_beta1, a.adam_beta2]),
@@ -61,8 +64,10 @@ def check_launch_config(args: Any) -> None:
     problems += _fp16_on_cpu(args, device_type)
     problems += _fsdp_on_cpu(args, device_type)
     if problems:
-        raise LaunchConfigError("The launch configuration contradicts the training arguments:\n"
-                                + "\n".join(f"- {problem}" for problem in problems))
+        raise LaunchConfigError(
+            "The launch configuration contradicts the training arguments:\n"
+            + "\n".join(f"- {problem}" for problem in problems)
+        )
     if uses_deepspeed:
         set_single_process_rendezvous()
 
@@ -77,8 +82,11 @@ def deepspeed_config_of(args: Any) -> tuple[str | None, dict[str, Any] | None]:
     from accelerate.utils.deepspeed import HfDeepSpeedConfig
 
     if getattr(args, "deepspeed", None):
-        source = args.deepspeed if isinstance(args.deepspeed, str) and os.path.exists(args.deepspeed) else (
-            "the `deepspeed` training argument")
+        source = (
+            args.deepspeed
+            if isinstance(args.deepspeed, str) and os.path.exists(args.deepspeed)
+            else ("the `deepspeed` training argument")
+        )
         return str(source), HfDeepSpeedConfig(args.deepspeed).config
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
         return None, None
@@ -109,18 +117,24 @@ def deepspeed_contradictions(config: dict[str, Any], args: Any, source: str | No
             continue
         expected = arg_value(args)
         if not _same(value, expected):
-            problems.append(f"DeepSpeed config{where} has {key}={value!r} but TrainingArguments give "
-                            f"{arg_names}={expected!r}; set {key} to \"auto\" or make the two agree.")
-    flags = {"fp16": bool(getattr(args, "fp16", False) or getattr(args, "fp16_full_eval", False)),
-             "bf16": bool(getattr(args, "bf16", False) or getattr(args, "bf16_full_eval", False))}
+            problems.append(
+                f"DeepSpeed config{where} has {key}={value!r} but TrainingArguments give "
+                f'{arg_names}={expected!r}; set {key} to "auto" or make the two agree.'
+            )
+    flags = {
+        "fp16": bool(getattr(args, "fp16", False) or getattr(args, "fp16_full_eval", False)),
+        "bf16": bool(getattr(args, "bf16", False) or getattr(args, "bf16_full_eval", False)),
+    }
     for precision, wanted in flags.items():
         found, enabled = _lookup(config, f"{precision}.enabled")
         if not found or enabled is None or enabled == "auto":
             continue
         if _as_bool(enabled) != wanted:
-            problems.append(f"DeepSpeed config{where} has {precision}.enabled={enabled!r} but TrainingArguments give "
-                            f"fp16={getattr(args, 'fp16', False)}, bf16={getattr(args, 'bf16', False)}; set "
-                            f"{precision}.enabled to \"auto\" or pass the matching --fp16/--bf16.")
+            problems.append(
+                f"DeepSpeed config{where} has {precision}.enabled={enabled!r} but TrainingArguments give "
+                f"fp16={getattr(args, 'fp16', False)}, bf16={getattr(args, 'bf16', False)}; set "
+                f'{precision}.enabled to "auto" or pass the matching --fp16/--bf16.'
+            )
     return problems
 
 
@@ -130,9 +144,11 @@ def _deepspeed_precision_from_launcher(args: Any) -> list[str]:
     # Accelerate then writes bf16.enabled=true into the DeepSpeed config and the Trainer rejects it much later.
     mixed_precision = str(getattr(args, "mixed_precision", "no") or "no")
     if mixed_precision in ("fp16", "bf16") and not getattr(args, mixed_precision, False):
-        return [f"accelerate launch asks for mixed_precision={mixed_precision} (ACCELERATE_MIXED_PRECISION) but "
-                f"TrainingArguments give {mixed_precision}={getattr(args, mixed_precision, False)}; with DeepSpeed "
-                f"pass --{mixed_precision} to the script instead (the JSON's \"auto\" follows it)."]
+        return [
+            f"accelerate launch asks for mixed_precision={mixed_precision} (ACCELERATE_MIXED_PRECISION) but "
+            f"TrainingArguments give {mixed_precision}={getattr(args, mixed_precision, False)}; with DeepSpeed "
+            f'pass --{mixed_precision} to the script instead (the JSON\'s "auto" follows it).'
+        ]
     return []
 
 
@@ -140,29 +156,35 @@ def _deepspeed_world_size(args: Any) -> list[str]:
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     seen = int(getattr(args, "world_size", 1) or 1)
     if launched > 1 and seen != launched:
-        return [f"the launcher started WORLD_SIZE={launched} processes but TrainingArguments see world_size={seen}: "
-                f"DeepSpeed would fail with 'train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step "
-                f"* world_size'. Without CUDA the processes need ddp_backend=\"gloo\" and, when DeepSpeed comes from "
-                f"the `deepspeed` argument rather than an accelerate DeepSpeed config, use_cpu=True (now ddp_backend="
-                f"{getattr(args, 'ddp_backend', None)!r}, use_cpu={getattr(args, 'use_cpu', None)!r})."]
+        return [
+            f"the launcher started WORLD_SIZE={launched} processes but TrainingArguments see world_size={seen}: "
+            f"DeepSpeed would fail with 'train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step "
+            f'* world_size\'. Without CUDA the processes need ddp_backend="gloo" and, when DeepSpeed comes from '
+            f"the `deepspeed` argument rather than an accelerate DeepSpeed config, use_cpu=True (now ddp_backend="
+            f"{getattr(args, 'ddp_backend', None)!r}, use_cpu={getattr(args, 'use_cpu', None)!r})."
+        ]
     return []
 
 
 def _fp16_on_cpu(args: Any, device_type: str) -> list[str]:
     if device_type == "cpu" and getattr(args, "fp16", False):
-        return ["fp16=True in TrainingArguments, but this run has no GPU (device cpu): the Trainer would silently "
-                "train in float32 (no autocast, no loss scaling) and DeepSpeed refuses fp16 on CPU. Use --bf16 on "
-                "CPU, or run fp16 on a GPU."]
+        return [
+            "fp16=True in TrainingArguments, but this run has no GPU (device cpu): the Trainer would silently "
+            "train in float32 (no autocast, no loss scaling) and DeepSpeed refuses fp16 on CPU. Use --bf16 on "
+            "CPU, or run fp16 on a GPU."
+        ]
     return []
 
 
 def _fsdp_on_cpu(args: Any, device_type: str) -> list[str]:
     use_cpu = getattr(args, "use_cpu", False)
     if _uses_fsdp(args) and (use_cpu or device_type == "cpu"):
-        return [f"FSDP is requested ({_fsdp_source(args)}) but the run is on CPU (use_cpu={use_cpu}, device "
-                f"{device_type}): Accelerate would silently train with DDP instead. FSDP needs GPUs; on CPU use "
-                "configs/accelerate/cpu_multiprocess.yaml (DDP) or DeepSpeed ZeRO-3 "
-                "(configs/accelerate/deepspeed_zero3.yaml)."]
+        return [
+            f"FSDP is requested ({_fsdp_source(args)}) but the run is on CPU (use_cpu={use_cpu}, device "
+            f"{device_type}): Accelerate would silently train with DDP instead. FSDP needs GPUs; on CPU use "
+            "configs/accelerate/cpu_multiprocess.yaml (DDP) or DeepSpeed ZeRO-3 "
+            "(configs/accelerate/deepspeed_zero3.yaml)."
+        ]
     return []
 
 

@@ -26,8 +26,14 @@ MULTI_NODE_NOTES = {
 }
 
 
-def header(config: Mapping[str, Any], *, zero_stage: int | None, offload: bool, mixed_precision: str,
-           shipped_name: str | None = None) -> str:
+def header(
+    config: Mapping[str, Any],
+    *,
+    zero_stage: int | None,
+    offload: bool,
+    mixed_precision: str,
+    shipped_name: str | None = None,
+) -> str:
     """The ``#`` header of an accelerate YAML: what it runs, how to launch it, where the precision comes from."""
     kind = config["distributed_type"]
     lines = [
@@ -59,8 +65,10 @@ def describe_shape(config: Mapping[str, Any], *, zero_stage: int | None, offload
     if kind == "FSDP":
         return f"PyTorch FSDP2 over {processes} GPUs (full sharding; needs GPUs: with use_cpu Accelerate runs DDP)"
     if kind == "DEEPSPEED":
-        return (f"DeepSpeed ZeRO-{zero_stage}{' with CPU offload' if offload else ''} over {processes} "
-                f"processes (GPUs; on a machine without GPUs: CPU + gloo)")
+        return (
+            f"DeepSpeed ZeRO-{zero_stage}{' with CPU offload' if offload else ''} over {processes} "
+            f"processes (GPUs; on a machine without GPUs: CPU + gloo)"
+        )
     raise KeyError(kind)
 
 
@@ -72,7 +80,8 @@ def key_comments(config: Mapping[str, Any]) -> dict[str, str]:
     if config["distributed_type"] == "FSDP":
         notes["fsdp_config.fsdp_auto_wrap_policy"] = (
             "wraps each block listed in the model's _no_split_modules; add fsdp_transformer_layer_cls_to_wrap to "
-            "name them yourself.")
+            "name them yourself."
+        )
     if config.get("use_cpu"):
         notes["use_cpu"] = "documents the intent; the training arguments decide (see the header)."
     return notes
@@ -81,11 +90,15 @@ def key_comments(config: Mapping[str, Any]) -> dict[str, str]:
 def _deepspeed_note(mixed_precision: str) -> list[str]:
     """Why a DeepSpeed YAML holds no precision, accumulation or clipping (the JSON does)."""
     auto = mixed_precision == "auto"
-    lines = ["Batch sizes, gradient accumulation, clipping and precision live in the JSON"
-             + (' as "auto": they come' if auto else "")]
+    lines = [
+        "Batch sizes, gradient accumulation, clipping and precision live in the JSON"
+        + (' as "auto": they come' if auto else "")
+    ]
     if auto:
-        lines += ["from TrainingArguments (--per_device_train_batch_size, --gradient_accumulation_steps,",
-                  "--max_grad_norm, --fp16/--bf16)."]
+        lines += [
+            "from TrainingArguments (--per_device_train_batch_size, --gradient_accumulation_steps,",
+            "--max_grad_norm, --fp16/--bf16).",
+        ]
     return lines + [
         "Do not add mixed_precision, gradient_accumulation_steps or gradient_clipping to this file:",
         "Accelerate refuses them next to deepspeed_config_file. The path is relative to the directory",

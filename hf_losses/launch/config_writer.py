@@ -51,11 +51,21 @@ class LaunchConfigTexts:
     runs_as: str
 
 
-def write_launch_config(output_dir: str | Path, *, num_processes: int = 1, num_machines: int = 1,
-                        use_cpu: bool = False, zero_stage: ZeroStage | None = None, offload: bool = False,
-                        fsdp: bool = False, mixed_precision: MixedPrecision = "auto", name: str | None = None,
-                        deepspeed_config_file: str | None = None, main_process_ip: str | None = None,
-                        main_process_port: int | None = None) -> LaunchConfigFiles:
+def write_launch_config(
+    output_dir: str | Path,
+    *,
+    num_processes: int = 1,
+    num_machines: int = 1,
+    use_cpu: bool = False,
+    zero_stage: ZeroStage | None = None,
+    offload: bool = False,
+    fsdp: bool = False,
+    mixed_precision: MixedPrecision = "auto",
+    name: str | None = None,
+    deepspeed_config_file: str | None = None,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
+) -> LaunchConfigFiles:
     """Write ``<name>.yaml`` (and ``<name>.json`` for DeepSpeed) into ``output_dir`` and return their paths.
 
     Args:
@@ -79,15 +89,29 @@ def write_launch_config(output_dir: str | Path, *, num_processes: int = 1, num_m
         :class:`LaunchConfigFiles` with the written paths and the distributed type.
     """
     output_dir = Path(output_dir)
-    stem = name or default_name(num_processes=num_processes, num_machines=num_machines, use_cpu=use_cpu,
-                                zero_stage=zero_stage, offload=offload, fsdp=fsdp)
+    stem = name or default_name(
+        num_processes=num_processes,
+        num_machines=num_machines,
+        use_cpu=use_cpu,
+        zero_stage=zero_stage,
+        offload=offload,
+        fsdp=fsdp,
+    )
     json_path = output_dir / f"{stem}.json" if zero_stage is not None else None
     if json_path is not None and deepspeed_config_file is None:
         deepspeed_config_file = str(json_path.resolve())
-    texts = launch_config_texts(num_processes=num_processes, num_machines=num_machines, use_cpu=use_cpu,
-                                zero_stage=zero_stage, offload=offload, fsdp=fsdp, mixed_precision=mixed_precision,
-                                deepspeed_config_file=deepspeed_config_file, main_process_ip=main_process_ip,
-                                main_process_port=main_process_port)
+    texts = launch_config_texts(
+        num_processes=num_processes,
+        num_machines=num_machines,
+        use_cpu=use_cpu,
+        zero_stage=zero_stage,
+        offload=offload,
+        fsdp=fsdp,
+        mixed_precision=mixed_precision,
+        deepspeed_config_file=deepspeed_config_file,
+        main_process_ip=main_process_ip,
+        main_process_port=main_process_port,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     if json_path is not None and texts.deepspeed_json is not None:
         json_path.write_text(texts.deepspeed_json)
@@ -96,11 +120,20 @@ def write_launch_config(output_dir: str | Path, *, num_processes: int = 1, num_m
     return LaunchConfigFiles(yaml_path, json_path, texts.distributed_type, texts.runs_as)
 
 
-def launch_config_texts(*, num_processes: int = 1, num_machines: int = 1, use_cpu: bool = False,
-                        zero_stage: ZeroStage | None = None, offload: bool = False, fsdp: bool = False,
-                        mixed_precision: MixedPrecision = "auto", deepspeed_config_file: str | None = None,
-                        main_process_ip: str | None = None, main_process_port: int | None = None,
-                        shipped_name: str | None = None) -> LaunchConfigTexts:
+def launch_config_texts(
+    *,
+    num_processes: int = 1,
+    num_machines: int = 1,
+    use_cpu: bool = False,
+    zero_stage: ZeroStage | None = None,
+    offload: bool = False,
+    fsdp: bool = False,
+    mixed_precision: MixedPrecision = "auto",
+    deepspeed_config_file: str | None = None,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
+    shipped_name: str | None = None,
+) -> LaunchConfigTexts:
     """The YAML (and DeepSpeed JSON) text for these settings; ``shipped_name`` names a preset in the header.
 
     Raises ``ValueError`` for settings that cannot work, before anything is written.
@@ -110,20 +143,30 @@ def launch_config_texts(*, num_processes: int = 1, num_machines: int = 1, use_cp
         deepspeed_json = render_json(deepspeed_config(zero_stage, offload=offload, mixed_precision=mixed_precision))
     elif offload:
         raise ValueError("config writer: `offload` needs DeepSpeed (zero_stage 2 or 3).")
-    config = accelerate_config(num_processes=num_processes, num_machines=num_machines, use_cpu=use_cpu,
-                               zero_stage=zero_stage, fsdp=fsdp, mixed_precision=mixed_precision,
-                               deepspeed_config_file=deepspeed_config_file, main_process_ip=main_process_ip,
-                               main_process_port=main_process_port)
-    comments = header(config, zero_stage=zero_stage, offload=offload, mixed_precision=mixed_precision,
-                      shipped_name=shipped_name)
+    config = accelerate_config(
+        num_processes=num_processes,
+        num_machines=num_machines,
+        use_cpu=use_cpu,
+        zero_stage=zero_stage,
+        fsdp=fsdp,
+        mixed_precision=mixed_precision,
+        deepspeed_config_file=deepspeed_config_file,
+        main_process_ip=main_process_ip,
+        main_process_port=main_process_port,
+    )
+    comments = header(
+        config, zero_stage=zero_stage, offload=offload, mixed_precision=mixed_precision, shipped_name=shipped_name
+    )
     accelerate_yaml = render_yaml(config, comments, key_comments(config))
     distributed_type = config["distributed_type"]
-    return LaunchConfigTexts(accelerate_yaml, deepspeed_json, distributed_type,
-                             runs_as(distributed_type, use_cpu=use_cpu))
+    return LaunchConfigTexts(
+        accelerate_yaml, deepspeed_json, distributed_type, runs_as(distributed_type, use_cpu=use_cpu)
+    )
 
 
-def default_name(*, num_processes: int, num_machines: int, use_cpu: bool, zero_stage: int | None, offload: bool,
-                 fsdp: bool) -> str:
+def default_name(
+    *, num_processes: int, num_machines: int, use_cpu: bool, zero_stage: int | None, offload: bool, fsdp: bool
+) -> str:
     """The file stem for these settings, e.g. ``deepspeed_zero3_offload`` or ``cpu_multiprocess``."""
     if zero_stage is not None:
         return f"deepspeed_zero{zero_stage}" + ("_offload" if offload else "")

@@ -16,8 +16,9 @@ logger = logging.getLogger(__name__)
 _MPI_WORLD_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
-def distributed_cpu_settings(environ: Mapping[str, str], accelerator_available: bool, ddp_backend: str | None,
-                             use_cpu: bool) -> dict[str, Any]:
+def distributed_cpu_settings(
+    environ: Mapping[str, str], accelerator_available: bool, ddp_backend: str | None, use_cpu: bool
+) -> dict[str, Any]:
     """Settings that make a multi-process launch on a machine without GPUs really data-parallel.
 
     Under ``torchrun``/``accelerate launch`` on CPU, transformers 5 wraps the model in DDP only with
@@ -59,12 +60,18 @@ def set_single_process_rendezvous() -> dict[str, str]:
     """
     if any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", *_MPI_WORLD_VARIABLES)):
         return {}
-    values = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-              "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-              "MASTER_PORT": os.environ.get("MASTER_PORT", str(free_port()))}
+    values = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        "MASTER_PORT": os.environ.get("MASTER_PORT", str(free_port())),
+    }
     os.environ.update(values)
-    logger.info("DeepSpeed in a single process without a launcher: set %s.",
-                ", ".join(f"{key}={value}" for key, value in values.items()))
+    logger.info(
+        "DeepSpeed in a single process without a launcher: set %s.",
+        ", ".join(f"{key}={value}" for key, value in values.items()),
+    )
     return values
 
 

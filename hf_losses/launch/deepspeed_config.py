@@ -61,8 +61,9 @@ TRAINER_FILLED_SETTINGS: dict[str, Any] = {
 }
 
 
-def deepspeed_config(zero_stage: ZeroStage = 2, *, offload: bool = False,
-                     mixed_precision: MixedPrecision = "auto") -> dict[str, Any]:
+def deepspeed_config(
+    zero_stage: ZeroStage = 2, *, offload: bool = False, mixed_precision: MixedPrecision = "auto"
+) -> dict[str, Any]:
     """A DeepSpeed config dict whose batch sizes, accumulation, clipping and precision follow TrainingArguments.
 
     ``offload`` moves optimizer states (ZeRO-2/3) and parameters (ZeRO-3) to CPU memory and selects DeepSpeed's

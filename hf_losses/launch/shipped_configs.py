@@ -22,8 +22,7 @@ SHIPPED_ACCELERATE_CONFIGS: dict[str, dict[str, Any]] = {
     "deepspeed_zero2": {"num_processes": 8, "zero_stage": 2, "json": "zero2"},
     "deepspeed_zero3": {"num_processes": 8, "zero_stage": 3, "json": "zero3"},
     "deepspeed_zero3_offload": {"num_processes": 8, "zero_stage": 3, "offload": True, "json": "zero3_offload"},
-    "multi_node": {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1",
-                   "main_process_port": 29500},
+    "multi_node": {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500},
 }
 
 

@@ -25,6 +25,7 @@ from typing import ClassVar, Literal, Union
 import torch
 from torch import Tensor, nn
 
+from hf_losses.compat import autocast_dtype
 from hf_losses.constants import IGNORE_INDEX
 
 ItemUnit = Literal["label", "sample"]
@@ -36,8 +37,16 @@ LabelKind = Literal["index", "binary", "target", "embedding"]
 FLOAT_LABEL_KINDS = ("binary", "target")
 NumItems = Union[int, float, Tensor, Mapping[str, Union[int, float, Tensor]], None]
 
-__all__ = ["IGNORE_INDEX", "EmbeddingPairLoss", "HiddenStatesLoss", "LogitsLoss", "Loss", "LossBase",
-           "labels_compatible", "reduce_by_items"]
+__all__ = [
+    "IGNORE_INDEX",
+    "EmbeddingPairLoss",
+    "HiddenStatesLoss",
+    "LogitsLoss",
+    "Loss",
+    "LossBase",
+    "labels_compatible",
+    "reduce_by_items",
+]
 
 
 def labels_compatible(loss_kind: str | None, task_kind: str | None) -> bool:
@@ -140,8 +149,15 @@ class HiddenStatesLoss(LossBase):
         """Count of non-ignored targets (after any shift)."""
         return {self.item_unit: (self.targets(labels, shift_labels) != self.ignore_index).sum()}
 
-    def forward(self, hidden_states: Tensor, labels: Tensor | None, weight: Tensor, bias: Tensor | None = None,
-                num_items_in_batch: NumItems = None, shift_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        labels: Tensor | None,
+        weight: Tensor,
+        bias: Tensor | None = None,
+        num_items_in_batch: NumItems = None,
+        shift_labels: Tensor | None = None,
+    ) -> Tensor:
         raise NotImplementedError
 
 
@@ -162,20 +178,26 @@ class EmbeddingPairLoss(LossBase):
         """Two floating-point ``(N, D)`` tensors of the same shape."""
         owner = self._label()
         if not isinstance(queries, Tensor) or not isinstance(keys, Tensor):
-            raise TypeError(f"{owner}: call loss(query_embeddings, key_embeddings) with two tensors, got "
-                            f"{type(queries).__name__} and {type(keys).__name__}.")
+            raise TypeError(
+                f"{owner}: call loss(query_embeddings, key_embeddings) with two tensors, got "
+                f"{type(queries).__name__} and {type(keys).__name__}."
+            )
         if not queries.is_floating_point() or not keys.is_floating_point():
-            raise TypeError(f"{owner}: query and key embeddings must be floating-point, got {queries.dtype} and "
-                            f"{keys.dtype} (integer labels? this loss takes key embeddings as its second input).")
+            raise TypeError(
+                f"{owner}: query and key embeddings must be floating-point, got {queries.dtype} and "
+                f"{keys.dtype} (integer labels? this loss takes key embeddings as its second input)."
+            )
         if queries.dim() != 2 or tuple(keys.shape) != tuple(queries.shape):
-            raise ValueError(f"{owner}: query and key embeddings must both be (N, D) with the same shape, got "
-                             f"{tuple(queries.shape)} and {tuple(keys.shape)}.")
+            raise ValueError(
+                f"{owner}: query and key embeddings must both be (N, D) with the same shape, got "
+                f"{tuple(queries.shape)} and {tuple(keys.shape)}."
+            )
 
 
 def float32_region(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast switched off (the loss computes in float32); a no-op when autocast is off, since leaving it costs
     ~10 us of Python per call."""
-    if torch.is_autocast_enabled(device_type):
+    if autocast_dtype(device_type) is not None:
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -208,22 +230,28 @@ def reduce_by_items(total: Tensor, local_count: Tensor, num_items_in_batch: NumI
 def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: str, ignore_index: int) -> None:
     """Shape, dtype and label-range checks shared by all losses; messages name the loss and what is allowed."""
     if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
-        raise TypeError(f"{owner}: `logits` and `labels` must be torch.Tensor, got "
-                        f"{type(logits).__name__} and {type(labels).__name__}.")
+        raise TypeError(
+            f"{owner}: `logits` and `labels` must be torch.Tensor, got "
+            f"{type(logits).__name__} and {type(labels).__name__}."
+        )
     if not logits.is_floating_point():
         raise TypeError(f"{owner}: `logits` must be a floating-point tensor, got dtype {logits.dtype}.")
     if logits.dim() < 1:
         raise ValueError(f"{owner}: `logits` must have a batch dimension, got a scalar.")
     if label_kind == "index":
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(f"{owner}: `labels` must hold integer class indices (torch.long), got dtype "
-                            f"{labels.dtype}; for float/multi-label targets use 'bce', 'sigmoid_focal' or 'asl'.")
+            raise TypeError(
+                f"{owner}: `labels` must hold integer class indices (torch.long), got dtype "
+                f"{labels.dtype}; for float/multi-label targets use 'bce', 'sigmoid_focal' or 'asl'."
+            )
         if logits.dim() < 2:
             raise ValueError(f"{owner}: `logits` must be (N, C) or (N, C, d1, ...), got shape {tuple(logits.shape)}.")
         expected = (logits.shape[0],) + tuple(logits.shape[2:])
         if tuple(labels.shape) != expected:
-            raise ValueError(f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
-                             f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...)).")
+            raise ValueError(
+                f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
+                f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...))."
+            )
         num_classes = logits.shape[1]
         if labels.numel() == 0:
             return
@@ -233,14 +261,19 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
         out_of_range = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
         if out_of_range.any():
             bad = labels[out_of_range][0].item()
-            raise ValueError(f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}; "
-                             f"found {bad}.")
+            raise ValueError(
+                f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}; found {bad}."
+            )
     else:
         what = "float multi-label targets (0./1.)" if label_kind == "binary" else "float regression targets"
         if not labels.is_floating_point():
-            raise TypeError(f"{owner}: `labels` must be {what} shaped like the logits, got integer dtype "
-                            f"{labels.dtype}; for class indices use 'cross_entropy' or 'focal'.")
+            raise TypeError(
+                f"{owner}: `labels` must be {what} shaped like the logits, got integer dtype "
+                f"{labels.dtype}; for class indices use 'cross_entropy' or 'focal'."
+            )
         if tuple(labels.shape) != tuple(logits.shape):
             kind = "multi-label" if label_kind == "binary" else "regression"
-            raise ValueError(f"{owner}: `labels` shape {tuple(labels.shape)} must equal logits shape "
-                             f"{tuple(logits.shape)} for {kind} targets.")
+            raise ValueError(
+                f"{owner}: `labels` shape {tuple(labels.shape)} must equal logits shape "
+                f"{tuple(logits.shape)} for {kind} targets."
+            )

@@ -9,8 +9,15 @@ import torch
 from torch import Tensor
 
 
-def check_number(owner: str, name: str, value: Any, *, minimum: float | None = 0.0, maximum: float | None = None,
-                 strict: bool = False) -> float:
+def check_number(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = 0.0,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> float:
     """A real number in [minimum, maximum] (or (minimum, ...] when ``strict``); returns it as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{owner}: `{name}` must be a number, got {type(value).__name__} {value!r}.")
@@ -27,6 +34,20 @@ def check_number(owner: str, name: str, value: Any, *, minimum: float | None = 0
     return value
 
 
+def check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
+    """An int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: `{name}` must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """True or False (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: `{name}` must be True or False, got {value!r}.")
+    return value
+
+
 def check_choice(owner: str, name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """One of ``allowed``."""
     if value not in allowed:
@@ -38,8 +59,10 @@ def as_vector(owner: str, name: str, value: Any, *, minimum: float | None = 0.0,
     """A 1-D float32 tensor from a list/tuple/tensor of numbers, each checked against ``minimum``."""
     if isinstance(value, Tensor):
         vector = value.detach().to(torch.float32)
-    elif isinstance(value, Sequence) and not isinstance(value, str) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    elif (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         vector = torch.tensor([float(v) for v in value], dtype=torch.float32)
     else:
@@ -59,5 +82,7 @@ def as_vector(owner: str, name: str, value: Any, *, minimum: float | None = 0.0,
 def check_num_classes(owner: str, name: str, vector: Tensor | None, num_classes: int) -> None:
     """A per-class vector's length must equal the number of classes C of the logits."""
     if vector is not None and vector.numel() != num_classes:
-        raise ValueError(f"{owner}: `{name}` has {vector.numel()} entries but the logits have C={num_classes} "
-                         f"classes; give one value per class.")
+        raise ValueError(
+            f"{owner}: `{name}` has {vector.numel()} entries but the logits have C={num_classes} "
+            f"classes; give one value per class."
+        )

@@ -13,31 +13,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hf_losses.losses.base import IGNORE_INDEX, Loss
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.base import LogitsLoss
 from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
+from hf_losses.losses.class_weights import effective_number_weights
+from hf_losses.losses.ignored import count_valid
 from hf_losses.registry import register_loss
 
 
-def per_item_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None = None,
-                           label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def per_item_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
     """Unreduced ``F.cross_entropy`` (0 at ignored entries) -- each entry is ``w[y_i] * ce_i``."""
     weight = None if weight is None else weight.to(logits)
-    return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index,
-                           label_smoothing=label_smoothing, reduction="none")
-
-
-def count_valid(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor | int:
-    """Number of label entries that are not ``ignore_index`` (the item count of every loss in this module)."""
-    if labels.device.type == "cpu" and labels.numel() > 0:
-        # on CPU one min/max pass is ~3x cheaper than compare + sum, and usually proves nothing is ignored
-        low, high = labels.aminmax()
-        if ignore_index < low or ignore_index > high:
-            return labels.numel()
-    return (labels != ignore_index).sum()
+    return F.cross_entropy(
+        logits, labels, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+    )
 
 
 @register_loss("cross_entropy", aliases=("ce", "weighted_cross_entropy"))
-class CrossEntropyLoss(Loss):
+class CrossEntropyLoss(LogitsLoss):
     """Softmax cross-entropy with optional class weights and label smoothing.
 
     Reduction: ``sum_i w[y_i] * ce_i / N`` where ``N`` is ``num_items_in_batch`` (or the local count of
@@ -49,8 +48,12 @@ class CrossEntropyLoss(Loss):
     summary = "Softmax cross-entropy with optional class weights and label smoothing."
     reference = "PyTorch F.cross_entropy; label smoothing: Szegedy et al. 2016"
 
-    def __init__(self, weight: Sequence[float] | Tensor | None = None, label_smoothing: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        weight: Sequence[float] | Tensor | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         self.label_smoothing = check_number(self._label(), "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
         self.register_buffer("weight", None if weight is None else as_vector(self._label(), "weight", weight))
@@ -62,8 +65,14 @@ class CrossEntropyLoss(Loss):
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         # reduction="sum" is the sum of the unreduced w[y_i] * ce_i, in one fused kernel
         weight = None if self.weight is None else self.weight.to(logits)
-        total = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index,
-                                label_smoothing=self.label_smoothing, reduction="sum")
+        total = F.cross_entropy(
+            logits,
+            labels,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
         return total, count_valid(labels, self.ignore_index)
 
 
@@ -73,8 +82,9 @@ def class_indices(labels: Tensor, ignore_index: int) -> Tensor:
     return labels.masked_fill(labels == ignore_index, 0)
 
 
-def per_item_focal(logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: Tensor | None = None,
-                   ignore_index: int = IGNORE_INDEX) -> Tensor:
+def per_item_focal(
+    logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """Softmax focal loss per label entry, ``-alpha[y] * (1 - p_y)**gamma * log p_y`` (0 at ignored entries).
 
     Lin et al. 2017, "Focal Loss for Dense Object Detection", eq. 5 with the softmax probability ``p_y`` of
@@ -112,7 +122,7 @@ def expand_alpha(alpha: Tensor | None, num_classes: int) -> Tensor | None:
 
 
 @register_loss("focal", aliases=("focal_loss", "softmax_focal"))
-class FocalLoss(Loss):
+class FocalLoss(LogitsLoss):
     """Softmax focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017), for imbalanced classes.
 
     ``gamma`` down-weights well-classified examples (0 gives cross-entropy). ``alpha`` is either a list with
@@ -125,8 +135,12 @@ class FocalLoss(Loss):
     summary = "Softmax focal loss -alpha_y (1 - p_y)^gamma log p_y: focuses training on hard examples."
     reference = "Lin et al. 2017, Focal Loss for Dense Object Detection (ICCV)"
 
-    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         self.gamma = check_number(self._label(), "gamma", gamma, minimum=0.0)
         self.register_buffer("alpha", focal_alpha(self._label(), alpha))
@@ -146,23 +160,8 @@ class FocalLoss(Loss):
 
 
 # ------------------------------------------------------------------------------------------------ class-balanced
-def effective_number_weights(samples_per_class: Tensor, beta: float) -> Tensor:
-    """Cui et al. 2019: ``w_j = (1 - beta) / (1 - beta**n_j)``, normalised so that ``sum_j w_j = C``.
-
-    ``(1 - beta**n) / (1 - beta)`` is the effective number of samples of a class with ``n`` samples;
-    ``beta = 0`` gives equal weights, ``beta -> 1`` inverse class frequency.
-    """
-    samples = samples_per_class.to(torch.float64)
-    if beta == 0.0:
-        weights = torch.ones_like(samples)
-    else:
-        # 1 - beta**n computed as -expm1(n * log(beta)): exact for beta close to 1 (e.g. 0.9999)
-        weights = (1.0 - beta) / -torch.expm1(samples * torch.log(torch.tensor(beta, dtype=torch.float64)))
-    return (weights * samples.numel() / weights.sum()).to(torch.float32)
-
-
 @register_loss("class_balanced", aliases=("cb", "class_balanced_loss"))
-class ClassBalancedLoss(Loss):
+class ClassBalancedLoss(LogitsLoss):
     """Class-balanced loss (Cui et al. 2019): CE or focal loss weighted by the inverse effective number of samples.
 
     The weight of class ``j`` is ``(1 - beta) / (1 - beta**n_j)`` with ``n_j = samples_per_class[j]``,
@@ -174,19 +173,27 @@ class ClassBalancedLoss(Loss):
     summary = "Class-balanced CE/focal: weights (1-beta)/(1-beta^n_j) from the effective number of samples."
     reference = "Cui et al. 2019, Class-Balanced Loss Based on Effective Number of Samples (CVPR)"
 
-    def __init__(self, samples_per_class: Sequence[float] | Tensor, beta: float = 0.9999,
-                 base: Literal["ce", "focal"] = "ce", gamma: float = 2.0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        samples_per_class: Sequence[float] | Tensor,
+        beta: float = 0.9999,
+        base: Literal["ce", "focal"] = "ce",
+        gamma: float = 2.0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         owner = self._label()
         samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
         self.beta = check_number(owner, "beta", beta, minimum=0.0, maximum=1.0)
         if self.beta == 1.0:
-            raise ValueError(f"{owner}: `beta` must be in [0, 1), got 1 (use beta close to 1, e.g. 0.9999, "
-                             f"for inverse-frequency weights).")
+            raise ValueError(
+                f"{owner}: `beta` must be in [0, 1), got 1 (use beta close to 1, e.g. 0.9999, "
+                f"for inverse-frequency weights)."
+            )
         self.base = check_choice(owner, "base", base, ("ce", "focal"))
         self.gamma = check_number(owner, "gamma", gamma, minimum=0.0)
         self.register_buffer("samples_per_class", samples)
-        self.register_buffer("weight", effective_number_weights(samples, self.beta))
+        self.register_buffer("weight", effective_number_weights(samples, self.beta).to(torch.float32))
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         super().check_inputs(logits, labels)
@@ -205,13 +212,19 @@ class ClassBalancedLoss(Loss):
 
 # ------------------------------------------------------------------------------------------------ LDAM
 def ldam_margins(samples_per_class: Tensor, max_margin: float) -> Tensor:
-    """Cao et al. 2019, eq. 12: ``Delta_j = K / n_j**(1/4)`` with ``K`` chosen so that ``max_j Delta_j = max_margin``."""
+    """Cao et al. 2019, eq. 12: ``Delta_j = K / n_j**(1/4)``, ``K`` chosen so that ``max_j Delta_j = max_margin``."""
     margins = samples_per_class.to(torch.float64).pow(-0.25)
     return (margins * (max_margin / margins.max())).to(torch.float32)
 
 
-def per_item_ldam(logits: Tensor, labels: Tensor, margins: Tensor, scale: float, weight: Tensor | None = None,
-                  ignore_index: int = IGNORE_INDEX) -> Tensor:
+def per_item_ldam(
+    logits: Tensor,
+    labels: Tensor,
+    margins: Tensor,
+    scale: float,
+    weight: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
     """LDAM per label entry: cross-entropy of ``scale * (z - Delta_y e_y)`` (0 at ignored entries)."""
     index = class_indices(labels, ignore_index).unsqueeze(1)
     shift = margins.to(logits)[index]
@@ -221,7 +234,7 @@ def per_item_ldam(logits: Tensor, labels: Tensor, margins: Tensor, scale: float,
 
 
 @register_loss("ldam", aliases=("ldam_loss",))
-class LDAMLoss(Loss):
+class LDAMLoss(LogitsLoss):
     """Label-distribution-aware margin loss (Cao et al. 2019): CE with a larger margin for rarer classes.
 
     The true-class logit is lowered by ``Delta_y = K / n_y^(1/4)`` (``n_y = samples_per_class[y]``, ``K`` set
@@ -234,8 +247,14 @@ class LDAMLoss(Loss):
     summary = "LDAM: CE with per-class margins C/n_j^(1/4), larger for rare classes (optional DRW weights)."
     reference = "Cao et al. 2019, Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss (NeurIPS)"
 
-    def __init__(self, samples_per_class: Sequence[float] | Tensor, max_margin: float = 0.5, scale: float = 30.0,
-                 weight: Sequence[float] | Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        samples_per_class: Sequence[float] | Tensor,
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         owner = self._label()
         samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
@@ -268,7 +287,7 @@ def per_item_poly1(logits: Tensor, labels: Tensor, epsilon: float = 1.0, ignore_
 
 
 @register_loss("poly1", aliases=("poly1_cross_entropy", "poly_loss"))
-class Poly1Loss(Loss):
+class Poly1Loss(LogitsLoss):
     """Poly-1 loss (Leng et al. 2022): cross-entropy plus ``epsilon * (1 - p_y)``, the first polynomial term.
 
     ``epsilon > 0`` emphasises the leading gradient term (the paper's best on ImageNet is 2; its general

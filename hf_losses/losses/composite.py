@@ -7,14 +7,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from hf_losses.losses.base import Loss, NumItems, select_num_items
+from hf_losses.losses.base import LogitsLoss, NumItems, labels_compatible, select_num_items
 from hf_losses.losses.checks import check_number
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import get_loss, register_loss, resolve_name
 
 
 @register_loss("composite")
-class CompositeLoss(Loss):
+class CompositeLoss(LogitsLoss):
     """Weighted sum ``sum_k w_k * L_k`` of registered losses, e.g. ``0.5*cross_entropy + 0.5*dice``.
 
     Each component is reduced by its own item unit: ``num_items_in_batch`` may be a mapping
@@ -31,20 +31,29 @@ class CompositeLoss(Loss):
     :meth:`component_weights` the factor each component is multiplied by now.
     """
 
-    summary = ("Weighted sum of registered losses, e.g. '0.5*cross_entropy+0.5*dice'; scheduled or learned "
-               "(uncertainty, DWA) weights; logs each component.")
+    summary = (
+        "Weighted sum of registered losses, e.g. '0.5*cross_entropy+0.5*dice'; scheduled or learned "
+        "(uncertainty, DWA) weights; logs each component."
+    )
     reference = "hf-losses; Kendall, Gal and Cipolla 2018 (uncertainty); Liu, Johns and Davison 2019 (DWA)"
 
-    def __init__(self, components: Mapping[str, Mapping[str, Any]] | list[str],
-                 weights: Mapping[str, float] | None = None, schedules: Mapping[str, Any] | None = None,
-                 weighting: Weighting = "fixed", temperature: float = 2.0, dwa_period_steps: int = 100,
-                 initial_log_variance: float = 0.0) -> None:
+    def __init__(
+        self,
+        components: Mapping[str, Mapping[str, Any]] | list[str],
+        weights: Mapping[str, float] | None = None,
+        schedules: Mapping[str, Any] | None = None,
+        weighting: Weighting = "fixed",
+        temperature: float = 2.0,
+        dwa_period_steps: int = 100,
+        initial_log_variance: float = 0.0,
+    ) -> None:
         super().__init__()
         if isinstance(components, (list, tuple)):
             components = {name: {} for name in components}
         if not isinstance(components, Mapping) or not components:
-            raise ValueError(f"{self._label()}: `components` must be a non-empty dict "
-                             f"{{loss_name: {{kwargs}}}}, got {components!r}.")
+            raise ValueError(
+                f"{self._label()}: `components` must be a non-empty dict {{loss_name: {{kwargs}}}}, got {components!r}."
+            )
         weights = dict(weights or {})
         schedules = dict(schedules or {})
         self.losses = nn.ModuleDict()
@@ -60,18 +69,32 @@ class CompositeLoss(Loss):
                 if key in schedules:
                     canonical_schedules[canonical] = schedules.pop(key)
         if weights:
-            raise ValueError(f"{self._label()}: `weights` names {sorted(weights)} which are not components; "
-                             f"components are {list(self.losses)}.")
+            raise ValueError(
+                f"{self._label()}: `weights` names {sorted(weights)} which are not components; "
+                f"components are {list(self.losses)}."
+            )
         if schedules:
-            raise ValueError(f"{self._label()}: `schedules` names {sorted(schedules)} which are not components; "
-                             f"components are {list(self.losses)}.")
-        self.weighting = ComponentWeighting(self._label(), list(self.losses), static_weights, canonical_schedules,
-                                            weighting, temperature, dwa_period_steps, initial_log_variance)
-        kinds = {loss.label_kind for loss in self.losses.values()}
-        if len(kinds) > 1:
-            raise ValueError(f"{self._label()}: components mix integer-label and float-label losses "
-                             f"({', '.join(f'{n}: {l.label_kind}' for n, l in self.losses.items())}).")
-        self.label_kind = kinds.pop()
+            raise ValueError(
+                f"{self._label()}: `schedules` names {sorted(schedules)} which are not components; "
+                f"components are {list(self.losses)}."
+            )
+        self.weighting = ComponentWeighting(
+            self._label(),
+            list(self.losses),
+            static_weights,
+            canonical_schedules,
+            weighting,
+            temperature,
+            dwa_period_steps,
+            initial_log_variance,
+        )
+        kinds = [loss.label_kind for loss in self.losses.values()]
+        if not all(labels_compatible(kind, kinds[0]) for kind in kinds):
+            raise ValueError(
+                f"{self._label()}: components mix integer-label and float-label losses "
+                f"({', '.join(f'{n}: {loss.label_kind}' for n, loss in self.losses.items())})."
+            )
+        self.label_kind = kinds[0]
         self.decomposable = all(loss.decomposable for loss in self.losses.values())
         self.ignore_index = next(iter(self.losses.values())).ignore_index
         self.last_components: dict[str, Tensor] = {}
@@ -105,9 +128,13 @@ class CompositeLoss(Loss):
         for name, loss in self.losses.items():
             values[name] = loss(logits, labels, num_items_in_batch=num_items_in_batch)
             # the share of the step's items in this call scales the once-per-step parts of learned weightings
-            fractions[name] = item_fraction(loss.num_items(labels).get(loss.item_unit),
-                                            select_num_items(num_items_in_batch, loss.item_unit)) \
-                if loss.decomposable else 1.0
+            fractions[name] = (
+                item_fraction(
+                    loss.num_items(labels).get(loss.item_unit), select_num_items(num_items_in_batch, loss.item_unit)
+                )
+                if loss.decomposable
+                else 1.0
+            )
         self.last_components = {name: value.detach() for name, value in values.items()}
         return self.weighting.combine(values, fractions)
 

@@ -1,10 +1,10 @@
 """Contrastive losses with in-batch negatives: InfoNCE (van den Oord et al. 2018), symmetric as in CLIP.
 
-Call form: ``loss(query_embeddings, key_embeddings)`` -- i.e. ``logits`` = the queries ``(N, D)`` and
-``labels`` = the keys ``(N, D)``; row ``i`` of each is a positive pair and the other keys of the batch are
-the negatives. Under ``torch.distributed`` the keys (and, for the symmetric loss, the queries) of *every*
-process are the negatives: they are gathered with gradient (:func:`hf_losses.distributed.all_gather_with_grad`),
-so 2 processes x 4 pairs give the loss and the gradients of 1 process x 8 pairs.
+Call form (an :class:`~hf_losses.losses.base.EmbeddingPairLoss`): ``loss(query_embeddings, key_embeddings)``, two
+``(N, D)`` matrices; row ``i`` of each is a positive pair and the other keys of the batch are the negatives. Under
+``torch.distributed`` the keys (and, for the symmetric loss, the queries) of *every* process are the negatives:
+they are gathered with gradient (:func:`hf_losses.distributed.all_gather_with_grad`), so 2 processes x 4 pairs
+give the loss and the gradients of 1 process x 8 pairs.
 """
 
 from __future__ import annotations
@@ -14,13 +14,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.distributed import all_gather_with_grad, all_reduce_sum_with_grad, process_sizes, rank
-from hf_losses.losses.base import Loss
-from hf_losses.losses.checks import check_number
+from hf_losses.losses.base import EmbeddingPairLoss
+from hf_losses.losses.checks import check_bool, check_number
 from hf_losses.registry import register_loss
 
 
-def info_nce_sum(queries: Tensor, keys: Tensor, all_queries: Tensor, all_keys: Tensor, offset: int,
-                 temperature: float, symmetric: bool) -> Tensor:
+def info_nce_sum(
+    queries: Tensor,
+    keys: Tensor,
+    all_queries: Tensor,
+    all_keys: Tensor,
+    offset: int,
+    temperature: float,
+    symmetric: bool,
+) -> Tensor:
     """Sum over the local pairs of ``-log softmax(q_i . K^T / t)[offset + i]`` (halved sum of both directions
     when ``symmetric``). ``all_*`` hold every process's rows; the local rows start at ``offset`` in them."""
     targets = torch.arange(queries.shape[0], device=queries.device) + offset
@@ -30,8 +37,9 @@ def info_nce_sum(queries: Tensor, keys: Tensor, all_queries: Tensor, all_keys: T
     return total
 
 
-def info_nce(queries: Tensor, keys: Tensor, temperature: float = 0.07, symmetric: bool = False,
-             normalize: bool = True) -> Tensor:
+def info_nce(
+    queries: Tensor, keys: Tensor, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True
+) -> Tensor:
     """InfoNCE of one (single-process) batch: the mean over pairs of the cross-entropy of picking the true key
     among all keys, ``-log(exp(q_i.k_i / t) / sum_j exp(q_i.k_j / t))``; ``symmetric`` averages it with the
     key-to-query direction (CLIP). ``normalize``: cosine similarities (L2-normalized embeddings)."""
@@ -42,7 +50,7 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float = 0.07, symmetric
 
 
 @register_loss("info_nce", aliases=("infonce",))
-class InfoNCELoss(Loss):
+class InfoNCELoss(EmbeddingPairLoss):
     """InfoNCE with in-batch negatives, temperature and the symmetric (CLIP) option, exact across processes.
 
     Call ``loss(query_embeddings, key_embeddings)`` with two float tensors ``(N, D)`` whose row ``i`` is a
@@ -63,34 +71,19 @@ class InfoNCELoss(Loss):
     summary = "InfoNCE / CLIP contrastive loss with in-batch negatives gathered across processes."
     reference = "van den Oord et al. 2018 (arXiv:1807.03748); symmetric: Radford et al. 2021, CLIP"
     item_unit = "sample"
-    label_kind = "embedding"  # labels are the key embeddings, shaped like logits
     decomposable = False
 
-    def __init__(self, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True,
-                 across_processes: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True, across_processes: bool = True
+    ) -> None:
         super().__init__()
-        self.temperature = check_number(self._label(), "temperature", temperature, minimum=0.0, strict=True)
-        for key, value in (("symmetric", symmetric), ("normalize", normalize), ("across_processes", across_processes)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{self._label()}: `{key}` must be True or False, got {value!r}.")
-        self.symmetric = symmetric
-        self.normalize = normalize
-        self.across_processes = across_processes
-
-    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         owner = self._label()
-        if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
-            raise TypeError(f"{owner}: call loss(query_embeddings, key_embeddings) with two tensors, got "
-                            f"{type(logits).__name__} and {type(labels).__name__}.")
-        if not logits.is_floating_point() or not labels.is_floating_point():
-            raise TypeError(f"{owner}: query and key embeddings must be floating-point, got {logits.dtype} and "
-                            f"{labels.dtype} (integer labels? this loss takes key embeddings as `labels`).")
-        if logits.dim() != 2 or tuple(labels.shape) != tuple(logits.shape):
-            raise ValueError(f"{owner}: query and key embeddings must both be (N, D) with the same shape, got "
-                             f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
+        self.temperature = check_number(owner, "temperature", temperature, minimum=0.0, strict=True)
+        self.symmetric = check_bool(owner, "symmetric", symmetric)
+        self.normalize = check_bool(owner, "normalize", normalize)
+        self.across_processes = check_bool(owner, "across_processes", across_processes)
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        queries, keys = logits, labels
+    def loss_sum(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         if self.normalize:
             queries, keys = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
         if self.across_processes:
@@ -107,5 +100,7 @@ class InfoNCELoss(Loss):
         return total / max(count, 1), torch.tensor(count, device=queries.device)
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature:g}, symmetric={self.symmetric}, normalize={self.normalize}, "
-                f"across_processes={self.across_processes}")
+        return (
+            f"temperature={self.temperature:g}, symmetric={self.symmetric}, normalize={self.normalize}, "
+            f"across_processes={self.across_processes}"
+        )

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hf_losses.losses.base import IGNORE_INDEX, Loss
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.base import LogitsLoss
 from hf_losses.losses.checks import check_choice, check_number
-from hf_losses.losses.classification import count_valid
+from hf_losses.losses.ignored import count_valid
 from hf_losses.registry import register_loss
 
 
@@ -26,21 +27,26 @@ def as_cost_matrix(owner: str, cost_matrix: Any) -> Tensor:
     try:
         matrix = torch.as_tensor(cost_matrix, dtype=torch.float32).detach().clone()
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{owner}: `cost_matrix` must be a C x C list of lists of numbers or a tensor, "
-                        f"got {cost_matrix!r}.") from error
+        raise TypeError(
+            f"{owner}: `cost_matrix` must be a C x C list of lists of numbers or a tensor, got {cost_matrix!r}."
+        ) from error
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
-        raise ValueError(f"{owner}: `cost_matrix` must be a square C x C matrix with C >= 2 "
-                         f"(cost_matrix[true][predicted]), got shape {tuple(matrix.shape)}.")
+        raise ValueError(
+            f"{owner}: `cost_matrix` must be a square C x C matrix with C >= 2 "
+            f"(cost_matrix[true][predicted]), got shape {tuple(matrix.shape)}."
+        )
     if not torch.isfinite(matrix).all():
         raise ValueError(f"{owner}: `cost_matrix` must be finite, got {matrix.tolist()}.")
     if (matrix < 0).any():
-        raise ValueError(f"{owner}: every entry of `cost_matrix` must be >= 0 (a cost, not a reward), "
-                         f"got {matrix.tolist()}.")
+        raise ValueError(
+            f"{owner}: every entry of `cost_matrix` must be >= 0 (a cost, not a reward), got {matrix.tolist()}."
+        )
     return matrix
 
 
-def per_item_cost_sensitive(logits: Tensor, labels: Tensor, cost_matrix: Tensor, cost_weight: float = 1.0,
-                            ignore_index: int = IGNORE_INDEX) -> Tensor:
+def per_item_cost_sensitive(
+    logits: Tensor, labels: Tensor, cost_matrix: Tensor, cost_weight: float = 1.0, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """``-log p_y + cost_weight * sum_j p_j cost_matrix[y, j]`` per label entry (0 at ignored entries)."""
     valid = labels != ignore_index
     index = labels.masked_fill(~valid, 0)
@@ -53,7 +59,7 @@ def per_item_cost_sensitive(logits: Tensor, labels: Tensor, cost_matrix: Tensor,
 
 
 @register_loss("cost_sensitive", aliases=("cost_sensitive_ce",))
-class CostSensitiveLoss(Loss):
+class CostSensitiveLoss(LogitsLoss):
     """Cross-entropy plus ``cost_weight`` x the expected misclassification cost under the softmax.
 
     Per label entry: ``-log p_y + cost_weight * sum_j p_j * cost_matrix[y][j]`` where ``cost_matrix[i][j]``
@@ -66,8 +72,12 @@ class CostSensitiveLoss(Loss):
     summary = "CE + cost_weight * expected cost sum_j p_j C[y][j] under a C x C cost matrix (C[true][pred])."
     reference = "Elkan 2001, The Foundations of Cost-Sensitive Learning (IJCAI); expected-cost term under the softmax"
 
-    def __init__(self, cost_matrix: Sequence[Sequence[float]] | Tensor, cost_weight: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        cost_matrix: Sequence[Sequence[float]] | Tensor,
+        cost_weight: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         self.cost_weight = check_number(self._label(), "cost_weight", cost_weight, minimum=0.0)
         self.register_buffer("cost_matrix", as_cost_matrix(self._label(), cost_matrix))
@@ -76,8 +86,10 @@ class CostSensitiveLoss(Loss):
         super().check_inputs(logits, labels)
         num_classes = self.cost_matrix.shape[0]
         if logits.shape[1] != num_classes:
-            raise ValueError(f"{self._label()}: `cost_matrix` is {num_classes} x {num_classes} but the logits "
-                             f"have C={logits.shape[1]} classes; give a C x C matrix.")
+            raise ValueError(
+                f"{self._label()}: `cost_matrix` is {num_classes} x {num_classes} but the logits "
+                f"have C={logits.shape[1]} classes; give a C x C matrix."
+            )
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         losses = per_item_cost_sensitive(logits, labels, self.cost_matrix, self.cost_weight, self.ignore_index)
@@ -106,9 +118,10 @@ class FalseNegativePenaltyLoss(CostSensitiveLoss):
     summary = "Binary CE + cost_weight * expected cost where a missed positive costs fn_cost x a false alarm."
     reference = "Elkan 2001, The Foundations of Cost-Sensitive Learning (IJCAI)"
 
-    def __init__(self, fn_cost: float = 5.0, positive_class: int = 1, cost_weight: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX) -> None:
-        owner = f"loss '{self.name or type(self).__name__}'"
+    def __init__(
+        self, fn_cost: float = 5.0, positive_class: int = 1, cost_weight: float = 1.0, ignore_index: int = IGNORE_INDEX
+    ) -> None:
+        owner = self._label()  # before nn.Module.__init__: the name is a class attribute
         fn_cost = check_number(owner, "fn_cost", fn_cost, minimum=0.0)
         positive_class = check_choice(owner, "positive_class", positive_class, (0, 1))
         super().__init__(fn_cost_matrix(fn_cost, positive_class), cost_weight, ignore_index)
@@ -117,13 +130,17 @@ class FalseNegativePenaltyLoss(CostSensitiveLoss):
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         if logits.dim() >= 2 and logits.shape[1] != 2:
-            raise ValueError(f"{self._label()} is for binary tasks: the logits must have C=2 classes "
-                             f"(N, 2, ...), got shape {tuple(logits.shape)}; use 'cost_sensitive' for C > 2.")
+            raise ValueError(
+                f"{self._label()} is for binary tasks: the logits must have C=2 classes "
+                f"(N, 2, ...), got shape {tuple(logits.shape)}; use 'cost_sensitive' for C > 2."
+            )
         super().check_inputs(logits, labels)
 
     def extra_repr(self) -> str:
-        return (f"fn_cost={self.fn_cost:g}, positive_class={self.positive_class}, cost_weight={self.cost_weight:g}, "
-                f"ignore_index={self.ignore_index}")
+        return (
+            f"fn_cost={self.fn_cost:g}, positive_class={self.positive_class}, cost_weight={self.cost_weight:g}, "
+            f"ignore_index={self.ignore_index}"
+        )
 
 
 def expected_cost(probs_or_preds: Any, labels: Any, cost_matrix: Any, ignore_index: int = IGNORE_INDEX) -> float:
@@ -148,19 +165,24 @@ def expected_cost(probs_or_preds: Any, labels: Any, cost_matrix: Any, ignore_ind
     if predictions.is_floating_point():
         expected_shape = (labels.shape[0], num_classes) + tuple(labels.shape[1:]) if labels.dim() else None
         if tuple(predictions.shape) != expected_shape:
-            raise ValueError(f"{owner}: probabilities must have shape {expected_shape} (N, C, d1, ...) for labels "
-                             f"{tuple(labels.shape)} and a {num_classes} x {num_classes} cost matrix, got "
-                             f"{tuple(predictions.shape)}.")
+            raise ValueError(
+                f"{owner}: probabilities must have shape {expected_shape} (N, C, d1, ...) for labels "
+                f"{tuple(labels.shape)} and a {num_classes} x {num_classes} cost matrix, got "
+                f"{tuple(predictions.shape)}."
+            )
         probs = predictions.to(torch.float64)
         sums = probs.sum(dim=1)
         if (probs < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-            raise ValueError(f"{owner}: float predictions must be probabilities summing to 1 over dim 1; "
-                             f"apply softmax to logits, or pass argmax predictions.")
+            raise ValueError(
+                f"{owner}: float predictions must be probabilities summing to 1 over dim 1; "
+                f"apply softmax to logits, or pass argmax predictions."
+            )
         costs = (probs * matrix[truth].movedim(-1, 1)).sum(dim=1)
     else:
         if tuple(predictions.shape) != tuple(labels.shape):
-            raise ValueError(f"{owner}: predictions shape {tuple(predictions.shape)} must equal labels shape "
-                             f"{tuple(labels.shape)}.")
+            raise ValueError(
+                f"{owner}: predictions shape {tuple(predictions.shape)} must equal labels shape {tuple(labels.shape)}."
+            )
         if ((predictions < 0) | (predictions >= num_classes)).any():
             raise ValueError(f"{owner}: predictions must be class indices in [0, {num_classes}).")
         costs = matrix[truth, predictions.long()]

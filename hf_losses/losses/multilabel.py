@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from hf_losses.losses.base import IGNORE_INDEX, Loss
-from hf_losses.losses.checks import as_vector, check_num_classes, check_number
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.base import LogitsLoss
+from hf_losses.losses.checks import as_vector, check_bool, check_num_classes, check_number
+from hf_losses.losses.ignored import may_contain
 from hf_losses.registry import register_loss
 
 
@@ -30,11 +32,13 @@ def check_binary_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
         return
     bad = ((labels < 0) | (labels > 1) | labels.isnan()) & (labels != ignore_index)
     if bad.any():
-        raise ValueError(f"{owner}: `labels` must be targets in [0, 1] or ignore_index={ignore_index}; "
-                         f"found {labels[bad][0].item():g}.")
+        raise ValueError(
+            f"{owner}: `labels` must be targets in [0, 1] or ignore_index={ignore_index}; "
+            f"found {labels[bad][0].item():g}."
+        )
 
 
-class MultiLabelLoss(Loss):
+class MultiLabelLoss(LogitsLoss):
     """Shared parts: float targets shaped like the logits, range check, ignored entries zeroed."""
 
     label_kind = "binary"
@@ -46,7 +50,7 @@ class MultiLabelLoss(Loss):
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         if not may_contain(labels, self.ignore_index):
             return self.masked_sum(logits, labels, None), labels.numel()
-        valid = labels != self.ignore_index
+        valid = self.valid_mask(labels)
         # ignored entries get target 0 so every formula stays finite there; their loss is then dropped
         return self.masked_sum(logits, labels.masked_fill(~valid, 0.0), valid), valid.sum()
 
@@ -58,14 +62,6 @@ class MultiLabelLoss(Loss):
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Unreduced loss of every entry; ``targets`` in [0, 1]."""
         raise NotImplementedError
-
-
-def may_contain(labels: Tensor, value: float) -> bool:
-    """False when ``value`` provably does not occur in ``labels`` (one min/max pass, CPU only; no GPU sync)."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
-        return labels.numel() > 0
-    low, high = labels.aminmax()
-    return bool(low <= value <= high)
 
 
 # ------------------------------------------------------------------------------------------------ BCE
@@ -87,16 +83,18 @@ class BCELoss(MultiLabelLoss):
     summary = "Binary cross-entropy with logits, optional per-class pos_weight (multi-label / binary)."
     reference = "PyTorch F.binary_cross_entropy_with_logits"
 
-    def __init__(self, pos_weight: float | Sequence[float] | Tensor | None = None,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, pos_weight: float | Sequence[float] | Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    ) -> None:
         super().__init__(ignore_index)
         if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
             pos_weight = [check_number(self._label(), "pos_weight", pos_weight, minimum=0.0)]
             self.per_class = False
         else:
             self.per_class = pos_weight is not None
-        self.register_buffer("pos_weight", None if pos_weight is None else
-                             as_vector(self._label(), "pos_weight", pos_weight))
+        self.register_buffer(
+            "pos_weight", None if pos_weight is None else as_vector(self._label(), "pos_weight", pos_weight)
+        )
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         super().check_inputs(logits, labels)
@@ -107,13 +105,13 @@ class BCELoss(MultiLabelLoss):
         # the mask as BCE's element weight: one fused kernel for the masked sum
         pos_weight = None if self.pos_weight is None else class_shaped(self.pos_weight, logits)
         weight = None if valid is None else valid.to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, targets, weight=weight, pos_weight=pos_weight,
-                                                  reduction="sum")
+        return F.binary_cross_entropy_with_logits(
+            logits, targets, weight=weight, pos_weight=pos_weight, reduction="sum"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ sigmoid focal
-def per_entry_sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float | None = 0.25,
-                            gamma: float = 2.0) -> Tensor:
+def per_entry_sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float | None = 0.25, gamma: float = 2.0) -> Tensor:
     """RetinaNet focal loss of each entry, ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al. 2017, eq. 5).
 
     The same formula as ``torchvision.ops.sigmoid_focal_loss`` with ``p_t = p t + (1 - p)(1 - t)`` and
@@ -139,8 +137,15 @@ class SigmoidFocalSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor, weight: Tensor | None, alpha: float | None,
-                gamma: float, compute_grad: bool) -> Tensor:
+    def forward(
+        ctx: Any,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        alpha: float | None,
+        gamma: float,
+        compute_grad: bool,
+    ) -> Tensor:
         probs = torch.sigmoid(logits)
         ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         flip = torch.rsub(targets, 1.0, alpha=2.0)  # 1 - 2t
@@ -162,7 +167,8 @@ class SigmoidFocalSum(torch.autograd.Function):
             grad = torch.sub(probs, targets)
             if modulator is not None:
                 grad.mul_(modulator).add_(
-                    torch.addcmul(probs, probs, probs, value=-1.0).mul_(flip).mul_(ce).mul_(q_power), alpha=gamma)
+                    torch.addcmul(probs, probs, probs, value=-1.0).mul_(flip).mul_(ce).mul_(q_power), alpha=gamma
+                )
             if weight is not None:
                 grad.mul_(weight)
             ctx.save_for_backward(grad)
@@ -204,8 +210,15 @@ class SigmoidFocalLoss(MultiLabelLoss):
 
 
 # ------------------------------------------------------------------------------------------------ ASL
-def per_entry_asymmetric(logits: Tensor, targets: Tensor, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
-                         clip: float = 0.05, eps: float = 1e-8, detach_focusing: bool = False) -> Tensor:
+def per_entry_asymmetric(
+    logits: Tensor,
+    targets: Tensor,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    eps: float = 1e-8,
+    detach_focusing: bool = False,
+) -> Tensor:
     """Asymmetric loss of each entry (Ridnik et al. 2021, eq. 7), as in the authors' ``AsymmetricLoss``.
 
     Positives: ``-(1 - p)^gamma_pos log p``; negatives: ``-p_m^gamma_neg log(1 - p_m)`` with the shifted
@@ -240,22 +253,30 @@ class AsymmetricLoss(MultiLabelLoss):
     summary = "Asymmetric loss (ASL): separate focusing gamma_pos/gamma_neg and probability clip for negatives."
     reference = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification (ICCV)"
 
-    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
-                 detach_focusing: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 4.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        detach_focusing: bool = False,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         owner = self._label()
         self.gamma_pos = check_number(owner, "gamma_pos", gamma_pos, minimum=0.0)
         self.gamma_neg = check_number(owner, "gamma_neg", gamma_neg, minimum=0.0)
         self.clip = check_number(owner, "clip", clip, minimum=0.0, maximum=1.0)
         self.eps = check_number(owner, "eps", eps, minimum=0.0, maximum=1.0, strict=True)
-        if not isinstance(detach_focusing, bool):
-            raise TypeError(f"{owner}: `detach_focusing` must be True or False, got {detach_focusing!r}.")
-        self.detach_focusing = detach_focusing
+        self.detach_focusing = check_bool(owner, "detach_focusing", detach_focusing)
 
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return per_entry_asymmetric(logits, targets, self.gamma_pos, self.gamma_neg, self.clip, self.eps,
-                                    self.detach_focusing)
+        return per_entry_asymmetric(
+            logits, targets, self.gamma_pos, self.gamma_neg, self.clip, self.eps, self.detach_focusing
+        )
 
     def extra_repr(self) -> str:
-        return (f"gamma_pos={self.gamma_pos:g}, gamma_neg={self.gamma_neg:g}, clip={self.clip:g}, eps={self.eps:g}, "
-                f"{super().extra_repr()}")
+        return (
+            f"gamma_pos={self.gamma_pos:g}, gamma_neg={self.gamma_neg:g}, clip={self.clip:g}, eps={self.eps:g}, "
+            f"{super().extra_repr()}"
+        )

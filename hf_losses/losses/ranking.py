@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hf_losses.losses.base import IGNORE_INDEX, Loss, NumItems, compute_dtype, reduce_by_items, select_num_items
-from hf_losses.losses.checks import as_vector, check_choice, check_number
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.base import LogitsLoss, NumItems, compute_dtype, float32_region, reduce_by_items, select_num_items
+from hf_losses.losses.checks import as_vector, check_choice, check_int, check_number
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import register_loss
 
@@ -64,7 +65,7 @@ def popularity_penalty(mass: Tensor, indices: Tensor, popularity: Tensor) -> Ten
 
 # ---------------------------------------------------------------------------------------------- module
 @register_loss("relevance_diversity", aliases=("recommendation",))
-class RelevanceDiversityLoss(Loss):
+class RelevanceDiversityLoss(LogitsLoss):
     r"""Relevance (softmax CE on the true item) traded against diversity and popularity of the top-k mass.
 
     For a row with scores ``z`` over ``V`` items and true item ``y``:
@@ -92,26 +93,40 @@ class RelevanceDiversityLoss(Loss):
     """
 
     summary = "Next-item softmax CE (optionally sampled, logQ-corrected) + top-k diversity and popularity penalties."
-    reference = ("Rao 1982 (quadratic entropy); Yi et al. 2019 (logQ correction); Kendall et al. 2018; "
-                 "Liu et al. 2019 (DWA)")
+    reference = (
+        "Rao 1982 (quadratic entropy); Yi et al. 2019 (logQ correction); Kendall et al. 2018; Liu et al. 2019 (DWA)"
+    )
 
-    def __init__(self, diversity_weight: float = 0.1, popularity_weight: float = 0.0, relevance_weight: float = 1.0,
-                 top_k: int = 10, item_embeddings: Sequence[Sequence[float]] | Tensor | None = None,
-                 item_popularity: Sequence[float] | Tensor | None = None, sampled_negatives: int = 0,
-                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
-                 schedules: Mapping[str, Any] | None = None, weighting: Weighting = "fixed",
-                 temperature: float = 2.0, dwa_period_steps: int = 100, initial_log_variance: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        diversity_weight: float = 0.1,
+        popularity_weight: float = 0.0,
+        relevance_weight: float = 1.0,
+        top_k: int = 10,
+        item_embeddings: Sequence[Sequence[float]] | Tensor | None = None,
+        item_popularity: Sequence[float] | Tensor | None = None,
+        sampled_negatives: int = 0,
+        negative_sampling: Literal["uniform", "popularity"] = "uniform",
+        schedules: Mapping[str, Any] | None = None,
+        weighting: Weighting = "fixed",
+        temperature: float = 2.0,
+        dwa_period_steps: int = 100,
+        initial_log_variance: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__(ignore_index)
         owner = self._label()
-        weights = {"relevance": check_number(owner, "relevance_weight", relevance_weight),
-                   "diversity": check_number(owner, "diversity_weight", diversity_weight),
-                   "popularity": check_number(owner, "popularity_weight", popularity_weight)}
-        self.top_k = _check_positive_int(owner, "top_k", top_k, minimum=1)
-        self.sampled_negatives = _check_positive_int(owner, "sampled_negatives", sampled_negatives, minimum=0)
+        weights = {
+            "relevance": check_number(owner, "relevance_weight", relevance_weight),
+            "diversity": check_number(owner, "diversity_weight", diversity_weight),
+            "popularity": check_number(owner, "popularity_weight", popularity_weight),
+        }
+        self.top_k = check_int(owner, "top_k", top_k, minimum=1)
+        self.sampled_negatives = check_int(owner, "sampled_negatives", sampled_negatives, minimum=0)
         self.negative_sampling = check_choice(owner, "negative_sampling", negative_sampling, ("uniform", "popularity"))
-        self.weighting = ComponentWeighting(owner, COMPONENTS, weights, schedules, weighting, temperature,
-                                            dwa_period_steps, initial_log_variance)
+        self.weighting = ComponentWeighting(
+            owner, COMPONENTS, weights, schedules, weighting, temperature, dwa_period_steps, initial_log_variance
+        )
         # configuration, not state: kept out of state_dict so a resumed loss built from loss_kwargs loads cleanly
         self.register_buffer("item_embeddings", None, persistent=False)
         self.register_buffer("item_popularity", None, persistent=False)
@@ -133,11 +148,13 @@ class RelevanceDiversityLoss(Loss):
             try:
                 embeddings = torch.tensor(embeddings, dtype=torch.float32)
             except (TypeError, ValueError) as error:
-                raise TypeError(f"{owner}: `item_embeddings` must be a (V, D) tensor or nested list of numbers; "
-                                f"{error}") from None
+                raise TypeError(
+                    f"{owner}: `item_embeddings` must be a (V, D) tensor or nested list of numbers; {error}"
+                ) from None
         if embeddings.dim() != 2 or embeddings.numel() == 0:
-            raise ValueError(f"{owner}: `item_embeddings` must be 2-D (V items, D dims), got shape "
-                             f"{tuple(embeddings.shape)}.")
+            raise ValueError(
+                f"{owner}: `item_embeddings` must be 2-D (V items, D dims), got shape {tuple(embeddings.shape)}."
+            )
         self.item_embeddings = embeddings
 
     def set_item_popularity(self, counts: Sequence[float] | Tensor) -> None:
@@ -162,30 +179,38 @@ class RelevanceDiversityLoss(Loss):
         super().check_inputs(logits, labels)
         owner = self._label()
         if logits.dim() != 2:
-            raise ValueError(f"{owner}: `logits` must be (N, num_items) scores, got shape {tuple(logits.shape)}; "
-                             f"flatten sequence positions first.")
+            raise ValueError(
+                f"{owner}: `logits` must be (N, num_items) scores, got shape {tuple(logits.shape)}; "
+                f"flatten sequence positions first."
+            )
         num_items = logits.shape[1]
         if self.top_k > num_items:
             raise ValueError(f"{owner}: `top_k`={self.top_k} exceeds the catalogue size {num_items}.")
         if self.sampled_negatives and self.sampled_negatives >= num_items:
-            raise ValueError(f"{owner}: `sampled_negatives`={self.sampled_negatives} must be below the catalogue "
-                             f"size {num_items}.")
+            raise ValueError(
+                f"{owner}: `sampled_negatives`={self.sampled_negatives} must be below the catalogue size {num_items}."
+            )
         for name, table, needed in (
             ("item_embeddings", self.item_embeddings, self.weighting.is_active("diversity")),
-            ("item_popularity", self.item_popularity, self.weighting.is_active("popularity")
-             or (self.sampled_negatives > 0 and self.negative_sampling == "popularity")),
+            (
+                "item_popularity",
+                self.item_popularity,
+                self.weighting.is_active("popularity")
+                or (self.sampled_negatives > 0 and self.negative_sampling == "popularity"),
+            ),
         ):
             if needed and table is None:
                 setter = "set_" + name
-                raise ValueError(f"{owner}: this configuration needs `{name}`; pass {name}=... at construction "
-                                 f"or call loss.{setter}(...).")
+                raise ValueError(
+                    f"{owner}: this configuration needs `{name}`; pass {name}=... at construction "
+                    f"or call loss.{setter}(...)."
+                )
             if needed and table.shape[0] != num_items:
-                raise ValueError(f"{owner}: `{name}` has {table.shape[0]} rows but the logits score "
-                                 f"{num_items} items.")
+                raise ValueError(f"{owner}: `{name}` has {table.shape[0]} rows but the logits score {num_items} items.")
 
     def component_sums(self, logits: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Sum over labelled rows of each active component, and the number of labelled rows."""
-        valid = labels != self.ignore_index
+        valid = self.valid_mask(labels)
         count = valid.sum()
         sums: dict[str, Tensor] = {}
         if self.weighting.is_active("relevance") and not self.sampled_negatives:
@@ -215,10 +240,11 @@ class RelevanceDiversityLoss(Loss):
 
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
         self.check_inputs(logits, labels)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with float32_region(logits.device.type):
             sums, count = self.component_sums(logits.to(compute_dtype(logits)), labels)
-            values = {name: reduce_by_items(total, count, num_items_in_batch, self.item_unit)
-                      for name, total in sums.items()}
+            values = {
+                name: reduce_by_items(total, count, num_items_in_batch, self.item_unit) for name, total in sums.items()
+            }
             fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit))
             self.last_components = {name: value.detach() for name, value in values.items()}
             return self.weighting.combine(values, {name: fraction for name in values})
@@ -232,9 +258,3 @@ class RelevanceDiversityLoss(Loss):
             counts = self.item_popularity.to(device=device, dtype=torch.float32) + 1.0
             return torch.log(counts / counts.sum())
         return torch.full((num_items,), -torch.log(torch.tensor(float(num_items))).item(), device=device)
-
-
-def _check_positive_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: `{name}` must be an int >= {minimum}, got {value!r}.")
-    return value

@@ -1,4 +1,8 @@
-"""Overlap losses for semantic segmentation: Dice, generalized Dice, Tversky, focal-Tversky and Lovasz-softmax.
+"""Segmentation losses: what they share, and the overlap losses Dice, generalized Dice, Tversky, focal-Tversky.
+
+:class:`SegmentationLoss` holds what every segmentation loss shares (parameters, input checks, flattening,
+background removal, the image count); :class:`OverlapLoss` the losses of soft overlap statistics, defined here.
+Lovasz-softmax, a loss of sorted pixel errors, is in :mod:`hf_losses.losses.lovasz`.
 
 Shapes: logits ``(N, C, d1, ...)`` and integer labels ``(N, d1, ...)`` as for ``F.cross_entropy``. With
 ``C > 1`` the probabilities are a softmax over the classes; with ``C == 1`` the task is binary, the
@@ -25,14 +29,13 @@ so such terms give 0 and a zero gradient, never NaN.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-from hf_losses.distributed import all_gather_with_grad, all_reduce_sum_with_grad, gather_across_processes
-from hf_losses.losses.base import IGNORE_INDEX, Loss, check_logits_labels
-from hf_losses.losses.checks import check_choice, check_number
+from hf_losses.constants import IGNORE_INDEX
+from hf_losses.distributed import all_reduce_sum_with_grad
+from hf_losses.losses.base import LogitsLoss, check_logits_labels
+from hf_losses.losses.checks import check_bool, check_number
 from hf_losses.registry import register_loss
 
 DEFAULT_SMOOTH = 1e-5
@@ -78,8 +81,9 @@ def _ratio(numerator: Tensor, denominator: Tensor, smooth: float) -> Tensor:
     if smooth > 0:  # the denominator is >= smooth
         return numerator / denominator
     nonzero = denominator > 0
-    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)),
-                       torch.ones_like(numerator))
+    return torch.where(
+        nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)), torch.ones_like(numerator)
+    )
 
 
 def dice_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, smooth: float = DEFAULT_SMOOTH) -> Tensor:
@@ -87,8 +91,9 @@ def dice_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, smooth: float = 
     return 1.0 - _ratio(2.0 * tp + smooth, pred_sum + target_sum + smooth, smooth)
 
 
-def tversky_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, alpha: float, beta: float,
-                 smooth: float = DEFAULT_SMOOTH) -> Tensor:
+def tversky_loss(
+    tp: Tensor, pred_sum: Tensor, target_sum: Tensor, alpha: float, beta: float, smooth: float = DEFAULT_SMOOTH
+) -> Tensor:
     """Per-class Tversky loss ``1 - (TP + s) / (TP + alpha FP + beta FN + s)`` (Salehi et al. 2017).
 
     ``FP = |P| - TP`` (predicted mass outside the class), ``FN = |G| - TP`` (class pixels missed);
@@ -99,8 +104,15 @@ def tversky_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, alpha: float,
     return 1.0 - _ratio(tp + smooth, tp + alpha * false_positives + beta * false_negatives + smooth, smooth)
 
 
-def focal_tversky_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, alpha: float, beta: float, gamma: float,
-                       smooth: float = DEFAULT_SMOOTH) -> Tensor:
+def focal_tversky_loss(
+    tp: Tensor,
+    pred_sum: Tensor,
+    target_sum: Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
     """Per-class focal-Tversky loss ``(1 - TI) ** gamma`` (Abraham & Khan 2019, who write the exponent 1/gamma)."""
     loss = tversky_loss(tp, pred_sum, target_sum, alpha, beta, smooth)
     positive = loss > 0  # d/dx x**gamma is infinite at 0 for gamma < 1: keep such terms at 0 with zero gradient
@@ -123,71 +135,32 @@ def generalized_dice_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, smoo
     return 1.0 - _ratio(numerator, denominator, smooth)
 
 
-# ------------------------------------------------------------------------------------------ Lovasz
-def lovasz_grad(foreground_sorted: Tensor) -> Tensor:
-    """Gradient of the Lovasz extension of the Jaccard loss at errors sorted in decreasing order (last dim).
-
-    Berman et al. 2018, Alg. 1; the same steps as ``lovasz_grad`` of the authors' reference code, batched.
-    """
-    foreground_sorted = foreground_sorted.to(torch.float64 if foreground_sorted.dtype == torch.float64
-                                             else torch.float32)
-    total = foreground_sorted.sum(-1, keepdim=True)
-    intersection = total - foreground_sorted.cumsum(-1)
-    union = total + (1.0 - foreground_sorted).cumsum(-1)
-    jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
-
-
-def lovasz_from_errors(errors: Tensor, foreground: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``sum_i sorted_errors_i * lovasz_grad_i`` per row (last dim = pixels); ``valid`` False pixels left out."""
-    if valid is not None:
-        # Ignored pixels are sorted to the end (errors are in [0, 1]) and weighted 0; the weights of the
-        # valid prefix depend only on the prefix, so this equals dropping them.
-        errors = errors.masked_fill(~valid, -1.0)
-    errors_sorted, order = torch.sort(errors, dim=-1, descending=True)
-    weights = lovasz_grad(foreground.gather(-1, order))
-    if valid is not None:
-        weights = weights * valid.to(weights.dtype).gather(-1, order)
-    return (errors_sorted * weights).sum(-1)
-
-
-def _class_mean(losses: Tensor, present: Tensor) -> Tensor:
-    """Mean over the last dim of the ``present`` entries (0 when none is present)."""
-    present = present.to(losses.dtype)
-    return (losses * present).sum(-1) / present.sum(-1).clamp(min=1.0)
-
-
 # ------------------------------------------------------------------------------------------ losses
-class _SegmentationLoss(Loss):
-    """Shared parameters, checks and the two reductions of the segmentation losses."""
+class SegmentationLoss(LogitsLoss):
+    """Shared parameters, checks, flattening and item count of the segmentation losses (see the module docstring)."""
 
     item_unit = "sample"
     reference = ""
 
-    def __init__(self, *, smooth: float | None, include_background: bool, per_image: bool,
-                 across_processes: bool, ignore_index: int) -> None:
+    def __init__(self, *, include_background: bool, per_image: bool, across_processes: bool, ignore_index: int) -> None:
         super().__init__(ignore_index)
-        if smooth is not None:
-            self.smooth = check_number(self._label(), "smooth", smooth, minimum=0.0)
-        for key, value in (("include_background", include_background), ("per_image", per_image),
-                           ("across_processes", across_processes)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{self._label()}: `{key}` must be True or False, got {value!r}.")
-        self.include_background = include_background
-        self.per_image = per_image
-        self.across_processes = across_processes
+        owner = self._label()
+        self.include_background = check_bool(owner, "include_background", include_background)
+        self.per_image = check_bool(owner, "per_image", per_image)
+        self.across_processes = check_bool(owner, "across_processes", across_processes)
         # per_image=False needs whole-batch statistics: it returns the batch value (instance attribute)
         self.decomposable = per_image
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         owner = self._label()
-        if (isinstance(logits, Tensor) and isinstance(labels, Tensor) and logits.dim() >= 2
-                and logits.shape[1] == 1):
+        if isinstance(logits, Tensor) and isinstance(labels, Tensor) and logits.dim() >= 2 and logits.shape[1] == 1:
             # binary: one sigmoid channel, labels 0/1 -- check as two classes, with messages about one channel
             expected = (logits.shape[0],) + tuple(logits.shape[2:])
             if tuple(labels.shape) != expected:
-                raise ValueError(f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
-                                 f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...)).")
+                raise ValueError(
+                    f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
+                    f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...))."
+                )
             logits = logits.expand(-1, 2, *logits.shape[2:])
         check_logits_labels(owner, logits, labels, self.label_kind, self.ignore_index)
 
@@ -198,7 +171,7 @@ class _SegmentationLoss(Loss):
         if self.ignore_index < 0 and (labels.numel() == 0 or labels.min() >= 0):
             valid = None  # checked labels are in [0, C) or ignore_index: one pass decides
         else:
-            valid = labels != self.ignore_index
+            valid = self.valid_mask(labels)
             if valid.all():
                 valid = None
         return logits.reshape(n, c, -1), labels, valid
@@ -216,6 +189,25 @@ class _SegmentationLoss(Loss):
             return labels.shape[0] if labels.shape[1] > 0 else 0
         return valid.any(dim=1).sum()
 
+    def extra_repr(self) -> str:
+        return f"include_background={self.include_background}, per_image={self.per_image}, {super().extra_repr()}"
+
+
+class OverlapLoss(SegmentationLoss):
+    """A loss of the soft overlap statistics (TP, predicted mass, label count) per image or over the batch."""
+
+    def __init__(
+        self, *, smooth: float, include_background: bool, per_image: bool, across_processes: bool, ignore_index: int
+    ) -> None:
+        smooth = check_number(self._label(), "smooth", smooth, minimum=0.0)
+        super().__init__(
+            include_background=include_background,
+            per_image=per_image,
+            across_processes=across_processes,
+            ignore_index=ignore_index,
+        )
+        self.smooth = smooth
+
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         logits, labels, valid = self._flatten(logits, labels)
         statistics = self._drop_background(*overlap_statistics(logits, labels, valid))
@@ -232,8 +224,7 @@ class _SegmentationLoss(Loss):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (f"smooth={getattr(self, 'smooth', None)}, include_background={self.include_background}, "
-                f"per_image={self.per_image}, ignore_index={self.ignore_index}")
+        return f"smooth={self.smooth}, {super().extra_repr()}"
 
 
 _COMMON_ARGS = """
@@ -250,38 +241,66 @@ _COMMON_ARGS = """
 
 
 @register_loss("dice", aliases=("dice_loss",))
-class DiceLoss(_SegmentationLoss):
-    __doc__ = """Soft Dice loss, mean over classes: ``1 - (2 TP_c + s) / (|P_c| + |G_c| + s)``.
+class DiceLoss(OverlapLoss):
+    __doc__ = (
+        """Soft Dice loss, mean over classes: ``1 - (2 TP_c + s) / (|P_c| + |G_c| + s)``.
 
     Equals ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=s, smooth_dr=s)`` (``batch`` =
     ``not per_image``).
-    """ + _COMMON_ARGS
+    """
+        + _COMMON_ARGS
+    )
 
     summary = "Soft Dice loss (per image or over the batch), mean over classes."
     reference = "Milletari et al. 2016, V-Net (arXiv:1606.04797)"
 
-    def __init__(self, smooth: float = DEFAULT_SMOOTH, include_background: bool = True, per_image: bool = True,
-                 across_processes: bool = True, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(smooth=smooth, include_background=include_background, per_image=per_image,
-                         across_processes=across_processes, ignore_index=ignore_index)
+    def __init__(
+        self,
+        smooth: float = DEFAULT_SMOOTH,
+        include_background: bool = True,
+        per_image: bool = True,
+        across_processes: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(
+            smooth=smooth,
+            include_background=include_background,
+            per_image=per_image,
+            across_processes=across_processes,
+            ignore_index=ignore_index,
+        )
 
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         return dice_loss(tp, pred_sum, target_sum, self.smooth).mean(-1)
 
 
 @register_loss("generalized_dice", aliases=("gdl",))
-class GeneralizedDiceLoss(_SegmentationLoss):
-    __doc__ = """Generalized Dice loss: class terms weighted by ``1 / |G_c|^2`` so rare classes count as much
+class GeneralizedDiceLoss(OverlapLoss):
+    __doc__ = (
+        """Generalized Dice loss: class terms weighted by ``1 / |G_c|^2`` so rare classes count as much
     as frequent ones. Equals ``monai.losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True)``.
-    """ + _COMMON_ARGS
+    """
+        + _COMMON_ARGS
+    )
 
     summary = "Generalized Dice loss: Dice with class weights 1/|G_c|^2 for imbalanced segmentation."
     reference = "Sudre et al. 2017, Generalised Dice overlap (arXiv:1707.03237)"
 
-    def __init__(self, smooth: float = DEFAULT_SMOOTH, include_background: bool = True, per_image: bool = True,
-                 across_processes: bool = True, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(smooth=smooth, include_background=include_background, per_image=per_image,
-                         across_processes=across_processes, ignore_index=ignore_index)
+    def __init__(
+        self,
+        smooth: float = DEFAULT_SMOOTH,
+        include_background: bool = True,
+        per_image: bool = True,
+        across_processes: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(
+            smooth=smooth,
+            include_background=include_background,
+            per_image=per_image,
+            across_processes=across_processes,
+            ignore_index=ignore_index,
+        )
 
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         return generalized_dice_loss(tp, pred_sum, target_sum, self.smooth)
@@ -291,14 +310,17 @@ def _check_alpha_beta(owner: str, alpha: float, beta: float) -> tuple[float, flo
     alpha = check_number(owner, "alpha", alpha, minimum=0.0)
     beta = check_number(owner, "beta", beta, minimum=0.0)
     if alpha + beta == 0:
-        raise ValueError(f"{owner}: `alpha` + `beta` must be > 0 (alpha weights false positives, beta false "
-                         f"negatives; with both 0 the index is always 1), got alpha={alpha:g}, beta={beta:g}.")
+        raise ValueError(
+            f"{owner}: `alpha` + `beta` must be > 0 (alpha weights false positives, beta false "
+            f"negatives; with both 0 the index is always 1), got alpha={alpha:g}, beta={beta:g}."
+        )
     return alpha, beta
 
 
 @register_loss("tversky")
-class TverskyLoss(_SegmentationLoss):
-    __doc__ = """Tversky loss, mean over classes: ``1 - (TP + s) / (TP + alpha FP + beta FN + s)``.
+class TverskyLoss(OverlapLoss):
+    __doc__ = (
+        """Tversky loss, mean over classes: ``1 - (TP + s) / (TP + alpha FP + beta FN + s)``.
 
     ``alpha`` weights false positives, ``beta`` false negatives (MONAI's convention); the defaults 0.3 / 0.7
     favour recall as in the paper, 0.5 / 0.5 is Dice. Equals ``monai.losses.TverskyLoss(softmax=True,
@@ -307,16 +329,30 @@ class TverskyLoss(_SegmentationLoss):
     Args:
         alpha: weight of false positives, >= 0.
         beta: weight of false negatives, >= 0 (alpha + beta > 0).
-    """ + _COMMON_ARGS
+    """
+        + _COMMON_ARGS
+    )
 
     summary = "Tversky loss: Dice with separate weights on false positives (alpha) and false negatives (beta)."
     reference = "Salehi et al. 2017, Tversky loss (arXiv:1706.05721)"
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = DEFAULT_SMOOTH,
-                 include_background: bool = True, per_image: bool = True, across_processes: bool = True,
-                 ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(smooth=smooth, include_background=include_background, per_image=per_image,
-                         across_processes=across_processes, ignore_index=ignore_index)
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        smooth: float = DEFAULT_SMOOTH,
+        include_background: bool = True,
+        per_image: bool = True,
+        across_processes: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(
+            smooth=smooth,
+            include_background=include_background,
+            per_image=per_image,
+            across_processes=across_processes,
+            ignore_index=ignore_index,
+        )
         self.alpha, self.beta = _check_alpha_beta(self._label(), alpha, beta)
 
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
@@ -324,8 +360,9 @@ class TverskyLoss(_SegmentationLoss):
 
 
 @register_loss("focal_tversky")
-class FocalTverskyLoss(_SegmentationLoss):
-    __doc__ = """Focal-Tversky loss, mean over classes: ``(1 - TI_c) ** gamma`` with TI the Tversky index.
+class FocalTverskyLoss(OverlapLoss):
+    __doc__ = (
+        """Focal-Tversky loss, mean over classes: ``(1 - TI_c) ** gamma`` with TI the Tversky index.
 
     The paper writes the exponent as ``1/gamma`` with gamma in [1, 3] and uses 4/3; here ``gamma`` is the
     exponent itself, default 0.75 (= 1 / (4/3)), so that ``gamma = 1`` is the Tversky loss. gamma < 1 raises
@@ -335,83 +372,33 @@ class FocalTverskyLoss(_SegmentationLoss):
         alpha: weight of false positives, >= 0.
         beta: weight of false negatives, >= 0 (alpha + beta > 0).
         gamma: exponent, > 0.
-    """ + _COMMON_ARGS
+    """
+        + _COMMON_ARGS
+    )
 
     summary = "Focal-Tversky loss (1 - Tversky index) ** gamma, mean over classes."
     reference = "Abraham & Khan 2019, focal Tversky loss (arXiv:1810.07842)"
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, smooth: float = DEFAULT_SMOOTH,
-                 include_background: bool = True, per_image: bool = True, across_processes: bool = True,
-                 ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(smooth=smooth, include_background=include_background, per_image=per_image,
-                         across_processes=across_processes, ignore_index=ignore_index)
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 0.75,
+        smooth: float = DEFAULT_SMOOTH,
+        include_background: bool = True,
+        per_image: bool = True,
+        across_processes: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(
+            smooth=smooth,
+            include_background=include_background,
+            per_image=per_image,
+            across_processes=across_processes,
+            ignore_index=ignore_index,
+        )
         self.alpha, self.beta = _check_alpha_beta(self._label(), alpha, beta)
         self.gamma = check_number(self._label(), "gamma", gamma, minimum=0.0, strict=True)
 
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         return focal_tversky_loss(tp, pred_sum, target_sum, self.alpha, self.beta, self.gamma, self.smooth).mean(-1)
-
-
-@register_loss("lovasz", aliases=("lovasz_softmax",))
-class LovaszSoftmaxLoss(_SegmentationLoss):
-    """Lovasz-softmax loss: the convex Lovasz extension of the Jaccard (IoU) loss, mean over classes.
-
-    For each class, the errors ``|[y = c] - p_c|`` of the pixels are sorted in decreasing order and weighted
-    by the increments of the Jaccard loss (Berman et al. 2018, Alg. 1 and Eq. 12, the authors'
-    ``lovasz_softmax``). With ``C == 1`` the one channel is ``sigmoid(logit)`` of the foreground (label 1).
-    There is no ``smooth``: the Lovasz extension has no ratio to smooth.
-
-    Args:
-        classes: "present" (default, as the reference) averages over the classes present in the labels of the
-            image (or batch); "all" over every class.
-        include_background: keep class 0 (ignored for ``C == 1``).
-        per_image: True (default): per image then averaged over images (item = image, decomposable; the
-            reference averages over all images, fully ignored ones included). False: one sort over the pixels
-            of the whole batch, gathered from all processes (with gradient) when ``across_processes``.
-        across_processes: see ``per_image``.
-        ignore_index: label of pixels left out.
-    """
-
-    summary = "Lovasz-softmax loss: convex surrogate of the IoU (Jaccard) loss, per image or over the batch."
-    reference = "Berman et al. 2018, The Lovasz-Softmax loss (arXiv:1705.08790)"
-
-    def __init__(self, classes: Literal["present", "all"] = "present", include_background: bool = True,
-                 per_image: bool = True, across_processes: bool = True, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(smooth=None, include_background=include_background, per_image=per_image,
-                         across_processes=across_processes, ignore_index=ignore_index)
-        self.classes = check_choice(self._label(), "classes", classes, ("present", "all"))
-
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        logits, labels, valid = self._flatten(logits, labels)
-        if valid is None:
-            valid = torch.ones_like(labels, dtype=torch.bool)
-        probs = class_probabilities(logits)
-        foreground = one_hot_targets(labels.masked_fill(~valid, 0), logits.shape[1], probs.dtype)
-        foreground = foreground * valid.unsqueeze(1).to(probs.dtype)
-        probs, foreground = self._drop_background(probs, foreground)
-        errors = (foreground - probs).abs()
-        image_count = valid.any(dim=1).sum()
-        if self.per_image:
-            per_class = lovasz_from_errors(errors, foreground, valid.unsqueeze(1).expand_as(errors))  # (N, C)
-            if self.classes == "present":
-                present = foreground.sum(-1) > 0
-            else:
-                present = valid.any(1, keepdim=True).expand_as(per_class)
-            return _class_mean(per_class, present).sum(), image_count
-        # whole batch: the valid pixels of every image (and process) in one sort per class
-        pixel_valid = valid.reshape(-1)
-        errors = errors.transpose(1, 2).reshape(-1, errors.shape[1])[pixel_valid]  # (pixels, C)
-        foreground = foreground.transpose(1, 2).reshape(-1, foreground.shape[1])[pixel_valid]
-        if self.across_processes:
-            errors = all_gather_with_grad(errors)
-            foreground = gather_across_processes(foreground)
-        per_class = lovasz_from_errors(errors.t(), foreground.t())  # (C,)
-        if self.classes == "present":
-            present = foreground.sum(0) > 0
-        else:
-            present = torch.full_like(per_class, errors.shape[0] > 0, dtype=torch.bool)
-        return _class_mean(per_class, present), image_count
-
-    def extra_repr(self) -> str:
-        return (f"classes={self.classes!r}, include_background={self.include_background}, "
-                f"per_image={self.per_image}, ignore_index={self.ignore_index}")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from hf_losses.distributed import sum_across_processes
-from hf_losses.losses.checks import check_choice, check_number
+from hf_losses.losses.checks import check_choice, check_int, check_number
 
 Weighting = Literal["fixed", "uncertainty", "dwa"]
 WEIGHTINGS = ("fixed", "uncertainty", "dwa")
@@ -81,8 +81,13 @@ class WeightSchedule:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "constant":
             return {"schedule": "constant", "value": self.start_value}
-        return {"schedule": self.kind, "start_value": self.start_value, "end_value": self.end_value,
-                "start_step": self.start_step, "end_step": self.end_step}
+        return {
+            "schedule": self.kind,
+            "start_value": self.start_value,
+            "end_value": self.end_value,
+            "start_step": self.start_step,
+            "end_step": self.end_step,
+        }
 
     @classmethod
     def from_config(cls, owner: str, name: str, config: Any) -> WeightSchedule:
@@ -93,9 +98,11 @@ class WeightSchedule:
         if isinstance(config, (int, float)) and not isinstance(config, bool):
             return cls("constant", check_number(owner, where, config), check_number(owner, where, config))
         if not isinstance(config, Mapping):
-            raise TypeError(f"{owner}: `{where}` must be a number or a dict such as {{'schedule': 'linear', "
-                            f"'start_value': 0.0, 'end_value': 0.5, 'start_step': 0, 'end_step': 1000}}, "
-                            f"got {config!r}.")
+            raise TypeError(
+                f"{owner}: `{where}` must be a number or a dict such as {{'schedule': 'linear', "
+                f"'start_value': 0.0, 'end_value': 0.5, 'start_step': 0, 'end_step': 1000}}, "
+                f"got {config!r}."
+            )
         config = dict(config)
         kind = check_choice(owner, f"{where}['schedule']", config.pop("schedule", None), SCHEDULE_KINDS)
         if kind == "constant":
@@ -106,23 +113,25 @@ class WeightSchedule:
             allowed = ("start_value", "end_value", "start_step", "end_step")
             missing = [key for key in allowed if key not in config]
             if missing:
-                raise ValueError(f"{owner}: `{where}` ({kind} schedule) is missing {missing}; give "
-                                 f"start_value, end_value, start_step and end_step.")
+                raise ValueError(
+                    f"{owner}: `{where}` ({kind} schedule) is missing {missing}; give "
+                    f"start_value, end_value, start_step and end_step."
+                )
             start_value = check_number(owner, f"{where}['start_value']", config.pop("start_value"))
             end_value = check_number(owner, f"{where}['end_value']", config.pop("end_value"))
-            steps = []
-            for key in ("start_step", "end_step"):
-                step = config.pop(key)
-                if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                    raise ValueError(f"{owner}: `{where}['{key}']` must be an int >= 0, got {step!r}.")
-                steps.append(step)
+            steps = [
+                check_int(owner, f"{where}['{key}']", config.pop(key), minimum=0) for key in ("start_step", "end_step")
+            ]
             if steps[1] <= steps[0]:
-                raise ValueError(f"{owner}: `{where}` needs end_step > start_step, got start_step={steps[0]}, "
-                                 f"end_step={steps[1]}.")
+                raise ValueError(
+                    f"{owner}: `{where}` needs end_step > start_step, got start_step={steps[0]}, end_step={steps[1]}."
+                )
             schedule = cls(kind, start_value, end_value, steps[0], steps[1])
         if config:
-            raise ValueError(f"{owner}: `{where}` has unknown keys {sorted(config)}; a {kind} schedule takes "
-                             f"'schedule' and {list(allowed)}.")
+            raise ValueError(
+                f"{owner}: `{where}` has unknown keys {sorted(config)}; a {kind} schedule takes "
+                f"'schedule' and {list(allowed)}."
+            )
         return schedule
 
 
@@ -134,9 +143,17 @@ class ComponentWeighting(nn.Module):
     periods, NaN until seen), ``dwa_period`` (index of the current period) and ``dwa_lambdas`` (current factors).
     """
 
-    def __init__(self, owner: str, names: Sequence[str], weights: Mapping[str, float],
-                 schedules: Mapping[str, Any] | None = None, weighting: str = "fixed", temperature: float = 2.0,
-                 dwa_period_steps: int = 100, initial_log_variance: float = 0.0) -> None:
+    def __init__(
+        self,
+        owner: str,
+        names: Sequence[str],
+        weights: Mapping[str, float],
+        schedules: Mapping[str, Any] | None = None,
+        weighting: str = "fixed",
+        temperature: float = 2.0,
+        dwa_period_steps: int = 100,
+        initial_log_variance: float = 0.0,
+    ) -> None:
         super().__init__()
         self.owner = owner
         self.names = list(names)
@@ -144,14 +161,13 @@ class ComponentWeighting(nn.Module):
         schedules = dict(schedules or {})
         unknown = sorted(set(schedules) - set(self.names))
         if unknown:
-            raise ValueError(f"{owner}: `schedules` names {unknown} which are not components; components are "
-                             f"{self.names}.")
+            raise ValueError(
+                f"{owner}: `schedules` names {unknown} which are not components; components are {self.names}."
+            )
         self.schedules = {name: WeightSchedule.from_config(owner, name, config) for name, config in schedules.items()}
         self.weighting = check_choice(owner, "weighting", weighting, WEIGHTINGS)
         self.temperature = check_number(owner, "temperature", temperature, minimum=0.0, strict=True)
-        if isinstance(dwa_period_steps, bool) or not isinstance(dwa_period_steps, int) or dwa_period_steps < 1:
-            raise ValueError(f"{owner}: `dwa_period_steps` must be an int >= 1, got {dwa_period_steps!r}.")
-        self.dwa_period_steps = dwa_period_steps
+        self.dwa_period_steps = check_int(owner, "dwa_period_steps", dwa_period_steps, minimum=1)
         initial_log_variance = check_number(owner, "initial_log_variance", initial_log_variance, minimum=None)
         count = len(self.names)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -186,8 +202,11 @@ class ComponentWeighting(nn.Module):
 
     def _close_dwa_period(self) -> None:
         """Shift the finished period's means into the history and recompute ``lambda = K softmax(r / T)``."""
-        means = torch.where(self.dwa_counts > 0, self.dwa_sums / self.dwa_counts.clamp(min=1e-300),
-                            torch.full_like(self.dwa_sums, float("nan")))
+        means = torch.where(
+            self.dwa_counts > 0,
+            self.dwa_sums / self.dwa_counts.clamp(min=1e-300),
+            torch.full_like(self.dwa_sums, float("nan")),
+        )
         self.dwa_history[0] = self.dwa_history[1]
         self.dwa_history[1] = means
         self.dwa_sums.zero_()
@@ -241,8 +260,9 @@ class ComponentWeighting(nn.Module):
             weight = self.scheduled_weight(name)
             if self.weighting == "uncertainty":
                 # float32 at least, even when DeepSpeed holds the parameter in bf16/fp16 with the model
-                log_variance = self.log_variances[index].to(value.device, torch.promote_types(value.dtype,
-                                                                                              torch.float32))
+                log_variance = self.log_variances[index].to(
+                    value.device, torch.promote_types(value.dtype, torch.float32)
+                )
                 term = weight * (torch.exp(-log_variance) * value + item_fractions[name] * log_variance)
             elif self.weighting == "dwa":
                 term = weight * self.dwa_lambdas[index].to(value) * value

@@ -31,8 +31,9 @@ METRICS: dict[str, str] = {
 def metric_path(name: str) -> str:
     """Folder of the shipped metric ``name``: what ``evaluate.load`` takes."""
     if name not in METRICS:
-        raise ValueError(f"Unknown hf-losses metric '{name}'.{did_you_mean(name, METRICS)} "
-                         f"Available: {', '.join(METRICS)}.")
+        raise ValueError(
+            f"Unknown hf-losses metric '{name}'.{did_you_mean(name, METRICS)} Available: {', '.join(METRICS)}."
+        )
     return str(METRICS_DIR / name)
 
 

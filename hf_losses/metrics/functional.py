@@ -21,22 +21,26 @@ def _flat_pairs(predictions: Any, references: Any, ignore_index: int) -> tuple[n
     predictions = np.asarray(predictions).astype(np.int64).reshape(-1)
     references = np.asarray(references).astype(np.int64).reshape(-1)
     if predictions.shape != references.shape:
-        raise ValueError(f"predictions ({predictions.size} entries) and references ({references.size} entries) "
-                         f"must have the same number of entries.")
+        raise ValueError(
+            f"predictions ({predictions.size} entries) and references ({references.size} entries) "
+            f"must have the same number of entries."
+        )
     keep = references != ignore_index
     return predictions[keep], references[keep]
 
 
-def confusion_matrix(predictions: Any, references: Any, num_classes: int | None = None,
-                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def confusion_matrix(
+    predictions: Any, references: Any, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """``(C, C)`` counts, rows = true class, columns = predicted class (scikit-learn's convention)."""
     predictions, references = _flat_pairs(predictions, references, ignore_index)
     if num_classes is None:
         num_classes = int(max(predictions.max(initial=-1), references.max(initial=-1))) + 1
     for name, values in (("predictions", predictions), ("references", references)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} must be class ids in [0, {num_classes}), got values in "
-                             f"[{values.min()}, {values.max()}].")
+            raise ValueError(
+                f"{name} must be class ids in [0, {num_classes}), got values in [{values.min()}, {values.max()}]."
+            )
     flat = references * num_classes + predictions
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -94,14 +98,20 @@ def expected_cost(matrix: np.ndarray, cost_matrix: Any) -> float:
     ``p`` when the truth is ``t``)."""
     cost = np.asarray(cost_matrix, dtype=np.float64)
     if cost.shape != matrix.shape:
-        raise ValueError(f"cost_matrix has shape {cost.shape} but there are {matrix.shape[0]} classes; give a "
-                         f"{matrix.shape[0]}x{matrix.shape[0]} matrix cost[true][predicted].")
+        raise ValueError(
+            f"cost_matrix has shape {cost.shape} but there are {matrix.shape[0]} classes; give a "
+            f"{matrix.shape[0]}x{matrix.shape[0]} matrix cost[true][predicted]."
+        )
     total = matrix.sum()
     return float((matrix * cost).sum() / total) if total else 0.0
 
 
-def dice_iou(predictions: Any, references: Any, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX,
-             ) -> tuple[np.ndarray, np.ndarray]:
+def dice_iou(
+    predictions: Any,
+    references: Any,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class Dice ``2|P∩R| / (|P|+|R|)`` and IoU ``|P∩R| / |P∪R|`` pooled over all pixels of all images
     (dataset level, as transformers' mean_iou); a class absent from both prediction and truth scores 1."""
     matrix = confusion_matrix(predictions, references, num_classes, ignore_index)

@@ -26,6 +26,7 @@ from hf_losses.trainers.resolution import build_loss, fill_class_information
 
 logger = logging.getLogger(__name__)
 
+
 def parse_class_weights(value: Any) -> str | list[float] | None:
     """``None``, a method name, or numbers; a command-line string ``"1,2,3"`` / ``"[1, 2, 3]"`` becomes numbers."""
     if value is None:
@@ -39,8 +40,9 @@ def parse_class_weights(value: Any) -> str | list[float] | None:
         try:
             numbers = [float(part) for part in text.strip("[]").split(",") if part.strip()]
         except ValueError:
-            raise ValueError(f"`class_weights` must be one of {list(WEIGHT_METHODS)} or numbers such as "
-                             f"'1.0,5.0', got {value!r}.") from None
+            raise ValueError(
+                f"`class_weights` must be one of {list(WEIGHT_METHODS)} or numbers such as '1.0,5.0', got {value!r}."
+            ) from None
         value = numbers
     if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
         numbers = list(value.tolist() if hasattr(value, "tolist") else value)
@@ -49,36 +51,56 @@ def parse_class_weights(value: Any) -> str | list[float] | None:
         if any(v < 0 or v != v for v in numbers):
             raise ValueError(f"`class_weights` must be >= 0, got {numbers}.")
         return [float(v) for v in numbers]
-    raise TypeError(f"`class_weights` must be one of {list(WEIGHT_METHODS)}, a list of numbers or None, "
-                    f"got {value!r}.")
+    raise TypeError(f"`class_weights` must be one of {list(WEIGHT_METHODS)}, a list of numbers or None, got {value!r}.")
 
 
 @dataclass
 class LossTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with the loss to train with. See the field help for each flag."""
 
-    loss_type: str = field(default="auto", metadata={
-        "help": "Loss to train with: 'auto' (the model's own loss, made exact under gradient accumulation and "
-                "several processes), any registered name (see `hf-losses list`), or an expression such as "
-                "'0.5*cross_entropy+0.5*dice'."})
-    loss_kwargs: dict | str | None = field(default=None, metadata={
-        "help": "Parameters of the loss as a JSON object, e.g. '{\"gamma\": 2.0}'; for an expression, one object "
-                "per component: '{\"dice\": {\"smooth\": 1.0}}'."})
-    class_weights: list[float] | str | None = field(default=None, metadata={
-        "help": "Per-class weights: 'balanced' (n / (C * n_c)), 'effective_num' (Cui et al. 2019, see "
-                "--class_weights_beta), or numbers '1.0,5.0'. Counts are read from the train dataset's label "
-                "column and also feed losses that take them (class_balanced, ldam)."})
-    class_weights_beta: float = field(default=0.999, metadata={
-        "help": "beta of the effective number of samples (1 - beta^n) / (1 - beta) for "
-                "--class_weights effective_num."})
-    loss_task: str = field(default="auto", metadata={
-        "help": f"How logits and labels are read from the model: one of {', '.join(TASKS)}. 'auto' decides from "
-                f"the model class and config.problem_type."})
+    loss_type: str = field(
+        default="auto",
+        metadata={
+            "help": "Loss to train with: 'auto' (the model's own loss, made exact under gradient accumulation and "
+            "several processes), any registered name (see `hf-losses list`), or an expression such as "
+            "'0.5*cross_entropy+0.5*dice'."
+        },
+    )
+    loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Parameters of the loss as a JSON object, e.g. '{\"gamma\": 2.0}'; for an expression, one object "
+            'per component: \'{"dice": {"smooth": 1.0}}\'.'
+        },
+    )
+    class_weights: list[float] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-class weights: 'balanced' (n / (C * n_c)), 'effective_num' (Cui et al. 2019, see "
+            "--class_weights_beta), or numbers '1.0,5.0'. Counts are read from the train dataset's label "
+            "column and also feed losses that take them (class_balanced, ldam)."
+        },
+    )
+    class_weights_beta: float = field(
+        default=0.999,
+        metadata={
+            "help": "beta of the effective number of samples (1 - beta^n) / (1 - beta) for "
+            "--class_weights effective_num."
+        },
+    )
+    loss_task: str = field(
+        default="auto",
+        metadata={
+            "help": f"How logits and labels are read from the model: one of {', '.join(TASKS)}. 'auto' decides from "
+            f"the model class and config.problem_type."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._validate_loss()
         changes = distributed_cpu_settings(
-            os.environ, accelerator_available(), ddp_backend=self.ddp_backend, use_cpu=self.use_cpu)
+            os.environ, accelerator_available(), ddp_backend=self.ddp_backend, use_cpu=self.use_cpu
+        )
         for key, value in changes.items():
             logger.info("hf-losses: %s=%r (multi-process launch on a machine without GPUs)", key, value)
             setattr(self, key, value)
@@ -95,25 +117,34 @@ class LossTrainingArguments(TrainingArguments):
             try:
                 self.loss_kwargs = json.loads(self.loss_kwargs)
             except json.JSONDecodeError as error:
-                raise ValueError(f"`loss_kwargs` must be a JSON object such as '{{\"gamma\": 2.0}}', got "
-                                 f"{self.loss_kwargs!r} ({error}).") from None
+                raise ValueError(
+                    f"`loss_kwargs` must be a JSON object such as '{{\"gamma\": 2.0}}', got "
+                    f"{self.loss_kwargs!r} ({error})."
+                ) from None
         if not isinstance(self.loss_kwargs, Mapping):
-            raise TypeError(f"`loss_kwargs` must be a dict (a JSON object on the command line), got "
-                            f"{self.loss_kwargs!r}.")
+            raise TypeError(
+                f"`loss_kwargs` must be a dict (a JSON object on the command line), got {self.loss_kwargs!r}."
+            )
         self.loss_kwargs = dict(self.loss_kwargs)
         self.class_weights = parse_class_weights(self.class_weights)
         if not isinstance(self.class_weights_beta, (int, float)) or not 0.0 <= self.class_weights_beta < 1.0:
             raise ValueError(f"`class_weights_beta` must be in [0, 1), got {self.class_weights_beta!r}.")
         if self.loss_task not in TASKS:
-            raise ValueError(f"Unknown loss_task {self.loss_task!r}.{did_you_mean(self.loss_task, TASKS)} "
-                             f"Choose one of {list(TASKS)}.")
+            raise ValueError(
+                f"Unknown loss_task {self.loss_task!r}.{did_you_mean(self.loss_task, TASKS)} "
+                f"Choose one of {list(TASKS)}."
+            )
         if self.loss_type == "auto":
             if self.loss_kwargs:
-                raise ValueError(f"`loss_kwargs` {self.loss_kwargs} given with loss_type='auto' (the model's own "
-                                 f"loss takes none); name the loss, e.g. --loss_type focal.")
+                raise ValueError(
+                    f"`loss_kwargs` {self.loss_kwargs} given with loss_type='auto' (the model's own "
+                    f"loss takes none); name the loss, e.g. --loss_type focal."
+                )
             if self.class_weights is not None:
-                raise ValueError("`class_weights` needs a loss that takes them (the model's own loss does not); "
-                                 "use e.g. --loss_type cross_entropy --class_weights balanced.")
+                raise ValueError(
+                    "`class_weights` needs a loss that takes them (the model's own loss does not); "
+                    "use e.g. --loss_type cross_entropy --class_weights balanced."
+                )
             return
         component_names(self.loss_type)  # unknown names raise here, with "Did you mean"
         # Build the loss once to validate every value. Class counts and weights that the trainer will read from

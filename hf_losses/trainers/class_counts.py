@@ -25,13 +25,20 @@ def label_column_of(dataset: Any, label_names: Sequence[str] | None = None) -> s
     for name in list(label_names or []) + list(LABEL_COLUMNS):
         if name in columns:
             return name
-    raise ValueError(f"class weights: the train dataset has no label column (looked for "
-                     f"{list(label_names or []) + list(LABEL_COLUMNS)}; columns: {columns}). "
-                     f"Rename it, or pass explicit numbers to `class_weights`.")
+    raise ValueError(
+        f"class weights: the train dataset has no label column (looked for "
+        f"{list(label_names or []) + list(LABEL_COLUMNS)}; columns: {columns}). "
+        f"Rename it, or pass explicit numbers to `class_weights`."
+    )
 
 
-def class_counts(dataset: Any, num_classes: int | None = None, label_column: str | None = None,
-                 label_kind: str = "index", ignore_value: int | None = None) -> np.ndarray:
+def class_counts(
+    dataset: Any,
+    num_classes: int | None = None,
+    label_column: str | None = None,
+    label_kind: str = "index",
+    ignore_value: int | None = None,
+) -> np.ndarray:
     """Number of label entries of each class in ``dataset`` (a ``datasets.Dataset``), as int64 ``(C,)``.
 
     ``label_kind="index"``: integer labels, possibly nested lists (tokens, pixels); negative values (``-100``)
@@ -44,8 +51,10 @@ def class_counts(dataset: Any, num_classes: int | None = None, label_column: str
     except ImportError as error:  # pragma: no cover - datasets depends on pyarrow
         raise ImportError("class weights from a dataset need `datasets` (pyarrow).") from error
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "column_names"):
-        raise TypeError(f"class weights from the training data need a `datasets.Dataset`, got "
-                        f"{type(dataset).__name__}; pass explicit numbers to `class_weights` instead.")
+        raise TypeError(
+            f"class weights from the training data need a `datasets.Dataset`, got "
+            f"{type(dataset).__name__}; pass explicit numbers to `class_weights` instead."
+        )
     label_column = label_column or label_column_of(dataset)
     column = dataset.with_format("arrow")[label_column]
     if isinstance(column, pa.ChunkedArray):
@@ -53,14 +62,19 @@ def class_counts(dataset: Any, num_classes: int | None = None, label_column: str
     num_rows = len(column)
 
     def is_list(arrow_type: Any) -> bool:
-        return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or \
-            pa.types.is_fixed_size_list(arrow_type)
+        return (
+            pa.types.is_list(arrow_type)
+            or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type)
+        )
 
     while is_list(column.type):
         column = pc.list_flatten(column)
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        raise TypeError(f"class weights: cannot count labels of type {column.type} in column '{label_column}' "
-                        f"(images must be decoded first); pass explicit numbers to `class_weights`.")
+        raise TypeError(
+            f"class weights: cannot count labels of type {column.type} in column '{label_column}' "
+            f"(images must be decoded first); pass explicit numbers to `class_weights`."
+        )
     values = column.to_numpy(zero_copy_only=False)
     if label_kind == "binary":
         if num_rows == 0 or values.size % num_rows:
@@ -68,8 +82,10 @@ def class_counts(dataset: Any, num_classes: int | None = None, label_column: str
         matrix = values.astype(np.float64).reshape(num_rows, -1)
         counts = (matrix > 0.5).sum(axis=0).astype(np.int64)
         if num_classes is not None and counts.shape[0] != num_classes:
-            raise ValueError(f"class weights: multi-label rows have {counts.shape[0]} entries but the model has "
-                             f"{num_classes} labels.")
+            raise ValueError(
+                f"class weights: multi-label rows have {counts.shape[0]} entries but the model has "
+                f"{num_classes} labels."
+            )
         return counts
     values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
     values = values.astype(np.int64)
@@ -78,17 +94,22 @@ def class_counts(dataset: Any, num_classes: int | None = None, label_column: str
         valid &= values != ignore_value
     values = values[valid]
     if num_classes is not None and values.size and values.max() >= num_classes:
-        raise ValueError(f"class weights: label {int(values.max())} found in '{label_column}' but the model has "
-                         f"{num_classes} classes.")
+        raise ValueError(
+            f"class weights: label {int(values.max())} found in '{label_column}' but the model has "
+            f"{num_classes} classes."
+        )
     return np.bincount(values, minlength=num_classes or 0).astype(np.int64)
 
 
-def read_class_counts(dataset: Any, model: Any, loss_task: str, label_names: Sequence[str] | None,
-                      loss_type: str) -> list[int]:
+def read_class_counts(
+    dataset: Any, model: Any, loss_task: str, label_names: Sequence[str] | None, loss_type: str
+) -> list[int]:
     """Class counts of the training set's label column for ``model``'s classes (its vocabulary for a causal LM)."""
     if dataset is None:
-        raise ValueError(f"LossTrainer: loss '{loss_type}' needs class counts from the training data "
-                         f"(class weights or samples_per_class) but no train_dataset was given.")
+        raise ValueError(
+            f"LossTrainer: loss '{loss_type}' needs class counts from the training data "
+            f"(class weights or samples_per_class) but no train_dataset was given."
+        )
     inner = unwrap(model)
     config = getattr(inner, "config", None)
     task = build_task(loss_task, model)
@@ -99,6 +120,7 @@ def read_class_counts(dataset: Any, model: Any, loss_task: str, label_names: Seq
     else:
         num_classes = getattr(config, "num_labels", None)
     column = label_column_of(dataset, label_names)
-    counts = class_counts(dataset, num_classes, column, label_kind,
-                          ignore_value=getattr(config, "semantic_loss_ignore_index", None))
+    counts = class_counts(
+        dataset, num_classes, column, label_kind, ignore_value=getattr(config, "semantic_loss_ignore_index", None)
+    )
     return [int(c) for c in counts]

@@ -41,8 +41,9 @@ _LOGIT_PROCESSING = {
 }
 
 
-def lm_hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any], loss: nn.Module | None = None
-                              ) -> tuple[Tensor, Tensor, Tensor | None]:
+def lm_hidden_states_and_head(
+    model: nn.Module, inputs: Mapping[str, Any], loss: nn.Module | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(hidden_states (N, T, H), head weight (V, H), head bias (V,) or None)`` for ``model(**inputs)``.
 
     ``model`` may be wrapped (DDP, DeepSpeed engine, PEFT); ``inputs`` are the model's keyword inputs without
@@ -54,13 +55,17 @@ def lm_hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any], loss:
     inner = unwrap(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if head is None:
-        raise NotImplementedError(f"hidden-state losses need a model with output embeddings (an LM head); "
-                                  f"{type(inner).__name__}.get_output_embeddings() returned None.")
+        raise NotImplementedError(
+            f"hidden-state losses need a model with output embeddings (an LM head); "
+            f"{type(inner).__name__}.get_output_embeddings() returned None."
+        )
     _refuse_adapted_head(head)
     linears = [module for module in head.modules() if _own_weight(module) is not None]
     if not linears:
-        raise NotImplementedError(f"the LM head {type(head).__name__} of {type(inner).__name__} has no weight "
-                                  f"matrix the chunked loss could use.")
+        raise NotImplementedError(
+            f"the LM head {type(head).__name__} of {type(inner).__name__} has no weight "
+            f"matrix the chunked loss could use."
+        )
 
     captured: dict[str, Any] = {}
 
@@ -81,16 +86,19 @@ def lm_hidden_states_and_head(model: nn.Module, inputs: Mapping[str, Any], loss:
 
     handles = [linear.register_forward_pre_hook(keep_input, with_kwargs=True) for linear in linears]
     handles += [linear.register_forward_hook(keep_output) for linear in linears]
-    model_inputs = {key: value for key, value in inputs.items()
-                    if key not in ("labels", "shift_labels", "num_items_in_batch")}
+    model_inputs = {
+        key: value for key, value in inputs.items() if key not in ("labels", "shift_labels", "num_items_in_batch")
+    }
     try:
         model(**model_inputs)
     finally:
         for handle in handles:
             handle.remove()
     if "hidden" not in captured:
-        raise NotImplementedError(f"{type(inner).__name__} did not call its LM head module "
-                                  f"({type(head).__name__}) in forward; hidden-state losses cannot intercept it.")
+        raise NotImplementedError(
+            f"{type(inner).__name__} did not call its LM head module "
+            f"({type(head).__name__}) in forward; hidden-state losses cannot intercept it."
+        )
     module = captured["module"]
     if "weight" in captured:  # ZeRO-3
         output = captured.get("output")
@@ -113,8 +121,10 @@ def check_logit_processing(model: nn.Module, softcap: float | None = None, stric
             continue
         if attribute == "final_logit_softcapping" and softcap is not None and float(softcap) == float(value):
             continue
-        message = (f"hidden-state loss: the model's config has {attribute}={value}, applied to the logits after "
-                   f"the LM head; {remedy}.")
+        message = (
+            f"hidden-state loss: the model's config has {attribute}={value}, applied to the logits after "
+            f"the LM head; {remedy}."
+        )
         if strict:
             raise ValueError(message)
         warnings.warn(message, stacklevel=3)
@@ -157,4 +167,5 @@ def _refuse_adapted_head(head: nn.Module) -> None:
             raise NotImplementedError(
                 "the LM head carries a PEFT adapter (e.g. LoRA on lm_head); the chunked causal_lm loss uses the "
                 "head's base weight only. Leave the head out of target_modules (or put it in modules_to_save), "
-                "or train with loss_type='cross_entropy' on the full logits.")
+                "or train with loss_type='cross_entropy' on the full logits."
+            )

@@ -53,8 +53,10 @@ class ModelLossCall(LossCall):
         outputs = model(**inputs)  # num_items_in_batch is not passed: every model then returns a local mean
         if isinstance(outputs, Mapping):
             if outputs.get("loss") is None:
-                raise ValueError(f"LossTrainer: loss_type='auto' but the model returned no loss (keys: "
-                                 f"{', '.join(outputs.keys())}); give it labels, or name a loss with `loss_type`.")
+                raise ValueError(
+                    f"LossTrainer: loss_type='auto' but the model returned no loss (keys: "
+                    f"{', '.join(outputs.keys())}); give it labels, or name a loss with `loss_type`."
+                )
             loss = outputs["loss"]
         else:
             loss = outputs[0]
@@ -88,8 +90,14 @@ class HiddenStatesLossCall(LossCall):
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
         model_inputs = {key: value for key, value in inputs.items() if key not in LABEL_KEYS}
         hidden_states, weight, bias = lm_hidden_states_and_head(model, model_inputs, loss=self.loss)
-        loss = self.loss(hidden_states, inputs.get("labels"), weight=weight, bias=bias,
-                         num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+        loss = self.loss(
+            hidden_states,
+            inputs.get("labels"),
+            weight=weight,
+            bias=bias,
+            num_items_in_batch=num_items_in_batch,
+            shift_labels=inputs.get("shift_labels"),
+        )
         return loss, {"last_hidden_state": hidden_states}
 
 

@@ -57,7 +57,7 @@ def is_loss_parameter(name: str) -> bool:
 def split_loss_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model weights, loss state)`` from a state dict of the model with the loss attached."""
     prefix = f"{LOSS_MODULE_NAME}."
-    loss_state = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    loss_state = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     weights = {key: value for key, value in state_dict.items() if not key.startswith(prefix)}
     return weights, loss_state
 
@@ -68,8 +68,10 @@ def save_loss_state(output_dir: str, loss: nn.Module, extra_state: dict[str, Any
     if extra_state:
         state.update(extra_state)
     if state:
-        torch.save({key: value.detach().cpu() if isinstance(value, Tensor) else value
-                    for key, value in state.items()}, os.path.join(output_dir, LOSS_STATE_NAME))
+        torch.save(
+            {key: value.detach().cpu() if isinstance(value, Tensor) else value for key, value in state.items()},
+            os.path.join(output_dir, LOSS_STATE_NAME),
+        )
 
 
 def load_loss_state(loss: nn.Module, checkpoint: str, parameters_restored_elsewhere: bool = False) -> None:
@@ -82,8 +84,7 @@ def load_loss_state(loss: nn.Module, checkpoint: str, parameters_restored_elsewh
     state = torch.load(path, map_location=device, weights_only=True)
     if parameters_restored_elsewhere:
         parameter_names = {name for name, _ in loss.named_parameters()}
-        loss.load_state_dict({key: value for key, value in state.items() if key not in parameter_names},
-                             strict=False)
+        loss.load_state_dict({key: value for key, value in state.items() if key not in parameter_names}, strict=False)
         return
     with torch.no_grad():
         loss.load_state_dict(state)
@@ -98,5 +99,5 @@ def average_loss_gradients(loss: nn.Module, world_size: int) -> None:
     offset = 0
     for parameter in parameters:
         size = parameter.numel()
-        parameter.grad = flat[offset:offset + size].view_as(parameter).to(parameter.dtype)
+        parameter.grad = flat[offset : offset + size].view_as(parameter).to(parameter.dtype)
         offset += size

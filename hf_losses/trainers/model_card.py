@@ -30,8 +30,15 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def loss_config(loss: torch.nn.Module | None, loss_type: str, loss_kwargs: Mapping[str, Any], task: str,
-                class_weights: Any = None, class_weight_values: Any = None, class_counts: Any = None) -> dict:
+def loss_config(
+    loss: torch.nn.Module | None,
+    loss_type: str,
+    loss_kwargs: Mapping[str, Any],
+    task: str,
+    class_weights: Any = None,
+    class_weight_values: Any = None,
+    class_counts: Any = None,
+) -> dict:
     """Everything needed to rebuild the loss: name, parameters as given and as built, class weights and counts."""
     from hf_losses import __version__
 
@@ -46,10 +53,13 @@ def loss_config(loss: torch.nn.Module | None, loss_type: str, loss_kwargs: Mappi
         "class_weights": _jsonable(class_weights),
         "class_weight_values": _jsonable(class_weight_values),
         "class_counts": _jsonable(class_counts),
-        "reduction": ("model's own loss, rescaled to a mean over the global items of each optimizer step"
-                      if loss is None else
-                      "sum of per-item losses / global item count of each optimizer step" if
-                      getattr(loss, "decomposable", True) else "per-batch value (whole-batch statistics)"),
+        "reduction": (
+            "model's own loss, rescaled to a mean over the global items of each optimizer step"
+            if loss is None
+            else "sum of per-item losses / global item count of each optimizer step"
+            if getattr(loss, "decomposable", True)
+            else "per-batch value (whole-batch statistics)"
+        ),
         "hf_losses_version": __version__,
     }
 
@@ -66,18 +76,22 @@ def write_loss_config(output_dir: str, config: Mapping[str, Any]) -> str:
 
 def training_loss_section(config: Mapping[str, Any]) -> str:
     """Markdown "Training loss" section of the model card."""
-    lines = [SECTION_TITLE, "",
-             "Trained with the hf-losses `LossTrainer` "
-             f"(hf-losses {config.get('hf_losses_version')}).", ""]
+    lines = [
+        SECTION_TITLE,
+        "",
+        f"Trained with the hf-losses `LossTrainer` (hf-losses {config.get('hf_losses_version')}).",
+        "",
+    ]
     loss_type = config.get("loss_type")
     if loss_type == "auto" or config.get("loss_class") is None:
-        lines.append("- loss: the model's own loss (`loss_type=\"auto\"`), rescaled to be exact under gradient "
-                     "accumulation and several processes")
+        lines.append(
+            '- loss: the model\'s own loss (`loss_type="auto"`), rescaled to be exact under gradient '
+            "accumulation and several processes"
+        )
     else:
         lines.append(f"- loss: `{loss_type}`")
         try:
-            from hf_losses.registry import component_names
-            from hf_losses.registry import describe_loss
+            from hf_losses.registry import component_names, describe_loss
 
             for name in component_names(str(loss_type)):
                 description = describe_loss(name)
@@ -90,8 +104,10 @@ def training_loss_section(config: Mapping[str, Any]) -> str:
     if config.get("class_weights") is not None:
         values = config.get("class_weight_values")
         shown = ", ".join(f"{v:.4g}" for v in values) if values else ""
-        lines.append(f"- class weights: `{config['class_weights'] if isinstance(config['class_weights'], str) else 'explicit'}`"
-                     + (f" = [{shown}]" if shown else ""))
+        lines.append(
+            f"- class weights: `{config['class_weights'] if isinstance(config['class_weights'], str) else 'explicit'}`"
+            + (f" = [{shown}]" if shown else "")
+        )
     if config.get("class_counts") is not None:
         lines.append(f"- training-set class counts: {config['class_counts']}")
     lines.append(f"- task: `{config.get('loss_task')}`")

@@ -49,8 +49,9 @@ class LossPlan:
         return self.loss is None or bool(getattr(self.loss, "decomposable", True))
 
 
-def resolve_loss(args: Any, model: nn.Module | None, train_dataset: Any = None,
-                 loss: nn.Module | None = None) -> LossPlan:
+def resolve_loss(
+    args: Any, model: nn.Module | None, train_dataset: Any = None, loss: nn.Module | None = None
+) -> LossPlan:
     """The :class:`LossPlan` for ``args`` (``loss_type``, ``loss_kwargs``, ``class_weights``, ``loss_task``; plain
     ``TrainingArguments`` mean ``loss_type="auto"``). ``loss``, when given, is used as it is."""
     loss_type = getattr(args, "loss_type", "auto")
@@ -63,24 +64,36 @@ def resolve_loss(args: Any, model: nn.Module | None, train_dataset: Any = None,
         resolved = {}
     else:
         if weight_spec in WEIGHT_METHODS or missing_count_parameters(loss_type, given):
-            counts = read_class_counts(train_dataset, model, getattr(args, "loss_task", "auto"),
-                                       getattr(args, "label_names", None), loss_type)
+            counts = read_class_counts(
+                train_dataset, model, getattr(args, "loss_task", "auto"), getattr(args, "label_names", None), loss_type
+            )
         weights = class_weight_values(weight_spec, counts, getattr(args, "class_weights_beta", 0.999))
         resolved = fill_class_information(loss_type, given, weights, counts)
         loss = build_loss(loss_type, resolved)
-    task = build_task(getattr(args, "loss_task", "auto"), model, ignore_index=getattr(loss, "ignore_index",
-                                                                                      IGNORE_INDEX))
+    task = build_task(
+        getattr(args, "loss_task", "auto"), model, ignore_index=getattr(loss, "ignore_index", IGNORE_INDEX)
+    )
     if loss is not None:
         check_loss_fits_task(loss, loss_type, task)
-    config = loss_config(loss, loss_type if loss is not None else "auto", resolved, task.name, weight_spec,
-                         weights, counts)
+    config = loss_config(
+        loss, loss_type if loss is not None else "auto", resolved, task.name, weight_spec, weights, counts
+    )
     config["loss_kwargs_given"] = given
-    return LossPlan(loss=loss, loss_type=loss_type, task=task, loss_kwargs=resolved, loss_kwargs_given=given,
-                    class_weight_values=weights, class_counts=counts, config=config)
+    return LossPlan(
+        loss=loss,
+        loss_type=loss_type,
+        task=task,
+        loss_kwargs=resolved,
+        loss_kwargs_given=given,
+        class_weight_values=weights,
+        class_counts=counts,
+        config=config,
+    )
 
 
-def class_weight_values(spec: str | Sequence[float] | None, counts: Sequence[int] | None,
-                        beta: float) -> list[float] | None:
+def class_weight_values(
+    spec: str | Sequence[float] | None, counts: Sequence[int] | None, beta: float
+) -> list[float] | None:
     """The numbers ``class_weights`` stands for: given numbers as they are, a method applied to the counts."""
     if spec is None:
         return None
@@ -93,23 +106,31 @@ def check_loss_fits_task(loss: nn.Module, loss_type: str, task: Task) -> None:
     """A loss whose labels the task cannot give, or a hidden-state loss outside a causal LM, is refused at init."""
     if isinstance(loss, HiddenStatesLoss):
         if task.name != "causal_lm":
-            raise ValueError(f"LossTrainer: loss '{loss_type}' works from hidden states and needs "
-                             f"loss_task='causal_lm' (or a causal-LM model), got task '{task.name}'.")
+            raise ValueError(
+                f"LossTrainer: loss '{loss_type}' works from hidden states and needs "
+                f"loss_task='causal_lm' (or a causal-LM model), got task '{task.name}'."
+            )
         return
     kind = getattr(loss, "label_kind", None)
     if not labels_compatible(kind, task.label_kind):
         wanted = "integer class ids" if kind == "index" else "float targets shaped like the logits"
-        raise ValueError(f"LossTrainer: loss '{loss_type}' expects {kind} labels ({wanted}) but the task "
-                         f"'{task.name}' gives {task.label_kind} labels; choose a loss for this task or set "
-                         f"`loss_task`.")
+        raise ValueError(
+            f"LossTrainer: loss '{loss_type}' expects {kind} labels ({wanted}) but the task "
+            f"'{task.name}' gives {task.label_kind} labels; choose a loss for this task or set "
+            f"`loss_task`."
+        )
 
 
 def _parameters(name: str) -> dict[str, Any]:
     return {p.name: p for p in describe_loss(name).parameters}
 
 
-def fill_class_information(loss_type: str, loss_kwargs: Mapping[str, Any], class_weights: Sequence[float] | None,
-                           class_counts: Sequence[int] | None) -> dict[str, Any]:
+def fill_class_information(
+    loss_type: str,
+    loss_kwargs: Mapping[str, Any],
+    class_weights: Sequence[float] | None,
+    class_counts: Sequence[int] | None,
+) -> dict[str, Any]:
     """``loss_kwargs`` with the class weights put into the loss's weight parameter (``weight``, else ``alpha``,
     else ``class_weights``) and the class counts into ``samples_per_class`` when the user left it out.
     For an expression, each component that takes them gets them."""
@@ -124,8 +145,10 @@ def fill_class_information(loss_type: str, loss_kwargs: Mapping[str, Any], class
             target = next((p for p in WEIGHT_PARAMETERS if p in parameters), None)
             if target is not None:
                 if options.get(target) is not None:
-                    raise ValueError(f"loss '{name}': class weights are given twice, by `class_weights` and by "
-                                     f"loss_kwargs['{target}']; keep one.")
+                    raise ValueError(
+                        f"loss '{name}': class weights are given twice, by `class_weights` and by "
+                        f"loss_kwargs['{target}']; keep one."
+                    )
                 options[target] = [float(w) for w in class_weights]
                 weighted.append(name)
         if class_counts is not None:
@@ -133,8 +156,10 @@ def fill_class_information(loss_type: str, loss_kwargs: Mapping[str, Any], class
                 if target in parameters and options.get(target) is None:
                     options[target] = [int(c) for c in class_counts]
     if class_weights is not None and not weighted:
-        raise ValueError(f"loss '{loss_type}' takes no class weights (none of its parameters is one of "
-                         f"{list(WEIGHT_PARAMETERS)}); drop `class_weights` or choose e.g. 'cross_entropy' or 'focal'.")
+        raise ValueError(
+            f"loss '{loss_type}' takes no class weights (none of its parameters is one of "
+            f"{list(WEIGHT_PARAMETERS)}); drop `class_weights` or choose e.g. 'cross_entropy' or 'focal'."
+        )
     if expression:
         kwargs = {key: value for key, value in kwargs.items() if value != {} or key not in targets}
     return kwargs

@@ -77,8 +77,10 @@ class LossTrainer(Trainer):
         if plan.loss is not None:
             self._refuse_stock_loss_options(plan.loss_type)
         if self._stock:
-            logger.warning("LossTrainer: loss_type='auto' with `compute_loss_func` or `label_smoothing_factor`: the "
-                           "stock Trainer's loss handling is used unchanged (not rescaled by hf-losses).")
+            logger.warning(
+                "LossTrainer: loss_type='auto' with `compute_loss_func` or `label_smoothing_factor`: the "
+                "stock Trainer's loss handling is used unchanged (not rescaled by hf-losses)."
+            )
         else:
             # our losses (and the rescaled model loss) are normalised by the step's global item count; losses
             # with whole-batch statistics keep the stock division by the accumulation steps
@@ -87,18 +89,24 @@ class LossTrainer(Trainer):
         if plan.loss is not None and model is not None:
             plan.loss.to(self.args.device)
             if self.is_fsdp_enabled and any(p.requires_grad for p in plan.loss.parameters()):
-                raise NotImplementedError("LossTrainer: a loss with trainable parameters (e.g. uncertainty "
-                                          "weighting) is not supported under FSDP yet; use DDP or DeepSpeed ZeRO.")
+                raise NotImplementedError(
+                    "LossTrainer: a loss with trainable parameters (e.g. uncertainty "
+                    "weighting) is not supported under FSDP yet; use DDP or DeepSpeed ZeRO."
+                )
             self._loss_attached = loss_state.attach_loss(model, plan.loss)
 
     def _refuse_stock_loss_options(self, loss_type: str) -> None:
         if self.compute_loss_func is not None:
-            raise ValueError(f"LossTrainer: both `compute_loss_func` and loss '{loss_type}' are given; use one "
-                             f"(loss_type='auto' keeps `compute_loss_func`).")
+            raise ValueError(
+                f"LossTrainer: both `compute_loss_func` and loss '{loss_type}' are given; use one "
+                f"(loss_type='auto' keeps `compute_loss_func`)."
+            )
         if self.label_smoother is not None:
-            raise ValueError(f"LossTrainer: `label_smoothing_factor` applies to the model's own loss only; with "
-                             f"loss '{loss_type}' pass label smoothing in `loss_kwargs` "
-                             f"(e.g. {{\"label_smoothing\": 0.1}} for cross_entropy).")
+            raise ValueError(
+                f"LossTrainer: `label_smoothing_factor` applies to the model's own loss only; with "
+                f"loss '{loss_type}' pass label smoothing in `loss_kwargs` "
+                f'(e.g. {{"label_smoothing": 0.1}} for cross_entropy).'
+            )
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         model = super().call_model_init(trial)
@@ -150,8 +158,9 @@ class LossTrainer(Trainer):
         return {unit: stacked[index] for index, unit in enumerate(units)}
 
     # ------------------------------------------------------------------------------------------ loss
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Tensor | tuple[Tensor, Any]:
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Tensor | tuple[Tensor, Any]:
         if self._stock:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         training = model.training and not self._predicting
@@ -180,19 +189,27 @@ class LossTrainer(Trainer):
             return
         # decomposable: each value is (local sum / global count), times world_size so that the mean over
         # processes adds up to the step's value; batch statistics: per-batch values, averaged over the window
-        factor = self.accelerator.num_processes if num_items_in_batch is not None else \
-            1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
+        factor = (
+            self.accelerator.num_processes
+            if num_items_in_batch is not None
+            else 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
+        )
         self._components.add(components, factor)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._loss_attached and self.accelerator.sync_gradients and self.args.world_size > 1 \
-                and not self.is_deepspeed_enabled:
+        if (
+            self._loss_attached
+            and self.accelerator.sync_gradients
+            and self.args.world_size > 1
+            and not self.is_deepspeed_enabled
+        ):
             loss_state.average_loss_gradients(self.loss, self.args.world_size)
         return loss
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None) -> Any:
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ) -> Any:
         self._predicting = True
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)

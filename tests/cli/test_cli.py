@@ -55,19 +55,22 @@ def test_describe_accepts_an_alias(capsys):
     assert code == 0 and out.startswith("cross_entropy:")
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (("describe", "cross_entropi"), "Did you mean 'cross_entropy'"),
-    (("frobnicate",), "invalid choice: 'frobnicate'"),
-    (("describe",), "the following arguments are required: name"),
-    (("config", "--deepspeed", "2", "--cpu"), "use_cpu"),
-    (("config", "--num_processes", "3", "--num_machines", "2"), "multiple of `num_machines`"),
-    (("config", "--deepspeed", "5"), "invalid choice: 5"),
-    (("plot", "/nonexistent/run"), "does not exist"),
-    (("demo", "--loss_type", "focall"), "Did you mean 'focal'"),
-    (("demo", "--no_such_flag", "1"), "not used by the HfArgumentParser: ['--no_such_flag'"),
-    (("demo", "--num_train_epochs", "many"), "invalid float value: 'many'"),
-    (("demo", "--loss_kwargs", "{gamma: 2}"), "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (("describe", "cross_entropi"), "Did you mean 'cross_entropy'"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        (("describe",), "the following arguments are required: name"),
+        (("config", "--deepspeed", "2", "--cpu"), "use_cpu"),
+        (("config", "--num_processes", "3", "--num_machines", "2"), "multiple of `num_machines`"),
+        (("config", "--deepspeed", "5"), "invalid choice: 5"),
+        (("plot", "/nonexistent/run"), "does not exist"),
+        (("demo", "--loss_type", "focall"), "Did you mean 'focal'"),
+        (("demo", "--no_such_flag", "1"), "not used by the HfArgumentParser: ['--no_such_flag'"),
+        (("demo", "--num_train_epochs", "many"), "invalid float value: 'many'"),
+        (("demo", "--loss_kwargs", "{gamma: 2}"), "must be a JSON object"),
+    ],
+)
 def test_errors_are_one_line_with_nonzero_exit(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, *argv)
@@ -78,8 +81,18 @@ def test_errors_are_one_line_with_nonzero_exit(capsys, tmp_path, monkeypatch, ar
 
 
 def test_config_writes_a_deepspeed_pair_that_parses_to_the_requested_settings(capsys, tmp_path):
-    code, out, _ = run(capsys, "config", "--output_dir", str(tmp_path), "--num_processes", "4", "--deepspeed", "3",
-                       "--mixed_precision", "bf16")
+    code, out, _ = run(
+        capsys,
+        "config",
+        "--output_dir",
+        str(tmp_path),
+        "--num_processes",
+        "4",
+        "--deepspeed",
+        "3",
+        "--mixed_precision",
+        "bf16",
+    )
     assert code == 0
     config = yaml.safe_load((tmp_path / "deepspeed_zero3.yaml").read_text())
     assert config["distributed_type"] == "DEEPSPEED" and config["num_processes"] == 4
@@ -113,8 +126,19 @@ def write_run(run_dir: Path) -> Path:
 
 
 def test_curve_keys_put_components_with_the_loss_and_drop_runtime():
-    keys = curve_keys([{"loss": 1.0, "loss/dice": 1.0, "eval_loss": 1.0, "eval_dice": 0.5, "eval_runtime": 2.0,
-                        "epoch": 1.0, "step": 1}])
+    keys = curve_keys(
+        [
+            {
+                "loss": 1.0,
+                "loss/dice": 1.0,
+                "eval_loss": 1.0,
+                "eval_dice": 0.5,
+                "eval_runtime": 2.0,
+                "epoch": 1.0,
+                "step": 1,
+            }
+        ]
+    )
     assert keys == {"train": ["loss", "loss/dice"], "eval_loss": ["eval_loss"], "metrics": ["eval_dice"]}
 
 
@@ -135,8 +159,9 @@ def test_plot_of_an_empty_history_is_a_clear_error(tmp_path):
 
 
 def test_installed_command_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hf_losses.cli.main", "plot", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_losses.cli.main", "plot", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("hf-losses: error: no trainer_state.json")
     assert "Traceback" not in result.stderr

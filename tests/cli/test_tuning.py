@@ -35,21 +35,41 @@ def tiny_setup(example, tmp_path, **argument_overrides):
         return AutoModelForSequenceClassification.from_config(config)
 
     def make_trainer(args):
-        trainer = LossTrainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=test,
-                              compute_metrics=medical.make_compute_metrics(5.0), callbacks=[recorder])
+        trainer = LossTrainer(
+            model_init=model_init,
+            args=args,
+            train_dataset=train,
+            eval_dataset=test,
+            compute_metrics=medical.make_compute_metrics(5.0),
+            callbacks=[recorder],
+        )
         recorder.trainer = trainer
         return trainer
 
-    args = LossTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=16,
-                                 report_to="none", disable_tqdm=True, save_strategy="no", eval_strategy="no",
-                                 **argument_overrides)
+    args = LossTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=16,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        eval_strategy="no",
+        **argument_overrides,
+    )
     return make_trainer, args, recorder
 
 
 def test_two_optuna_trials_train_with_the_proposed_focal_gamma(example, tmp_path):
     make_trainer, args, recorder = tiny_setup(example, tmp_path, loss_type="focal", loss_kwargs={"gamma": 2.0})
-    tuned, trials = tune_loss(make_trainer, args, LossSetting.from_args(args), n_trials=2,
-                              objective_metric="expected_cost", direction="minimize", seed=1)
+    tuned, trials = tune_loss(
+        make_trainer,
+        args,
+        LossSetting.from_args(args),
+        n_trials=2,
+        objective_metric="expected_cost",
+        direction="minimize",
+        seed=1,
+    )
     assert len(trials) == 2 and len(recorder.losses) == 2
     proposed = [trial["params"]["gamma"] for trial in trials]
     assert proposed[0] != proposed[1]
@@ -69,8 +89,13 @@ def test_plain_hyperparameter_search_trains_each_trial_with_its_own_loss_paramet
         gammas.append(trial.suggest_float("gamma", 0.0, 5.0))
         return {"loss_kwargs": {"gamma": gammas[-1]}}
 
-    trainer.hyperparameter_search(hp_space=hp_space, n_trials=2, direction="minimize", backend="optuna",
-                                  compute_objective=lambda metrics: metrics["eval_loss"])
+    trainer.hyperparameter_search(
+        hp_space=hp_space,
+        n_trials=2,
+        direction="minimize",
+        backend="optuna",
+        compute_objective=lambda metrics: metrics["eval_loss"],
+    )
     assert [loss.gamma for loss in recorder.losses] == pytest.approx(gammas)
 
 
@@ -94,9 +119,24 @@ def test_a_loss_without_a_default_search_space_is_a_clear_error():
 
 def test_example_flag_runs_two_tiny_trials_then_compares_with_the_best(example, tmp_path):
     medical = example("medical_diagnosis")
-    table = medical.main(["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_steps", "1",
-                          "--eval_strategy", "no", "--disable_tqdm", "True", "--tune_trials", "2",
-                          "--save_models", "False"])
+    table = medical.main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_train_samples",
+            "32",
+            "--max_steps",
+            "1",
+            "--eval_strategy",
+            "no",
+            "--disable_tqdm",
+            "True",
+            "--tune_trials",
+            "2",
+            "--save_models",
+            "False",
+        ]
+    )
     results = (tmp_path / "results.md").read_text()
     assert "Tuning (optuna" in results
     trial_rows = [line for line in results.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import launch, read_json_lines
 
 from hf_losses.distributed import (
     all_gather_with_grad,
@@ -26,7 +27,6 @@ from hf_losses.distributed import (
     sum_across_processes,
     world_size,
 )
-from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -34,7 +34,8 @@ WORKER = HERE / "workers" / "batch_losses_worker.py"
 TOLERANCE = 1e-5
 SEGMENTATION = ("dice", "tversky", "generalized_dice", "focal_tversky", "lovasz")
 EXPECTED_CASES = {f"{name}_{split}" for name in SEGMENTATION for split in ("4+4", "5+3")} | {
-    f"info_nce_{kind}_{split}" for kind in ("one_way", "symmetric") for split in ("4+4", "5+3")}
+    f"info_nce_{kind}_{split}" for kind in ("one_way", "symmetric") for split in ("4+4", "5+3")
+}
 
 
 @pytest.fixture(scope="module")

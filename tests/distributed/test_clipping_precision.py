@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
@@ -22,8 +21,13 @@ WORKER = HERE / "workers" / "clipping_worker.py"
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    completed = launch(WORKER, nproc=2, launcher="accelerate",
-                       accelerate_config=REPO / "configs" / "accelerate" / "cpu_multiprocess.yaml", timeout=600)
+    completed = launch(
+        WORKER,
+        nproc=2,
+        launcher="accelerate",
+        accelerate_config=REPO / "configs" / "accelerate" / "cpu_multiprocess.yaml",
+        timeout=600,
+    )
     records = read_json_lines(completed.stdout)
     by_case = {record["case"]: record for record in records}
     assert sorted(by_case) == ["ddp_bf16", "ddp_clip_none_needed", "ddp_clip_small"], completed.stdout[-3000:]
@@ -105,8 +109,9 @@ def test_deepspeed_json_contradicting_arguments_fails_at_construction(tmp_path):
     config = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}, "gradient_clipping": 0.5}
     try:
         with pytest.raises(LaunchConfigError) as error:
-            LossTrainingArguments(output_dir=str(tmp_path), deepspeed=config, max_grad_norm=1.0, use_cpu=True,
-                                  report_to=[])
+            LossTrainingArguments(
+                output_dir=str(tmp_path), deepspeed=config, max_grad_norm=1.0, use_cpu=True, report_to=[]
+            )
     finally:
         unset_hf_deepspeed_config()
     message = str(error.value)

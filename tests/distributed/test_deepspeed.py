@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from launching import launch, read_json_lines
 
 HERE = Path(__file__).resolve().parent
@@ -31,9 +30,13 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(90
 def results() -> dict[tuple[str, str], dict]:
     pytest.importorskip("deepspeed")
     completed = launch(
-        WORKER, nproc=2, launcher="accelerate",
+        WORKER,
+        nproc=2,
+        launcher="accelerate",
         accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
-        env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}, timeout=840)
+        env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")},
+        timeout=840,
+    )
     records = read_json_lines(completed.stdout)
     by_case = {(record["config"], record["case"]): record for record in records}
     assert len(by_case) == len(records) == 12, completed.stdout[-3000:]
@@ -92,8 +95,9 @@ def test_losses_are_finite_and_equal_across_stages(results, config):
         assert losses and all(abs(value) < 1e6 for value in losses)
     # same data, same weights: ZeRO-2 and ZeRO-3 report the same training loss
     for case in GRADIENT_CASES:
-        assert results[(config, case)]["losses"] == pytest.approx(results[("deepspeed_zero2", case)]["losses"],
-                                                                 rel=1e-5)
+        assert results[(config, case)]["losses"] == pytest.approx(
+            results[("deepspeed_zero2", case)]["losses"], rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("config", sorted(STAGES))
@@ -110,8 +114,12 @@ def test_bf16_on_cpu_trains_with_bfloat16_parameters_and_finite_losses(results, 
 def test_single_process_deepspeed_started_with_plain_python_runs():
     # upstream: "No module named 'mpi4py'"; LossTrainingArguments' launch check sets RANK=0, WORLD_SIZE=1, ...
     pytest.importorskip("deepspeed")
-    completed = launch(HERE / "workers" / "deepspeed_single_worker.py", launcher="python",
-                       env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}, timeout=600)
+    completed = launch(
+        HERE / "workers" / "deepspeed_single_worker.py",
+        launcher="python",
+        env={"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")},
+        timeout=600,
+    )
     (record,) = read_json_lines(completed.stdout)
     assert record["absent_before"] == ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
     assert record["world_size_env"] == "1"

@@ -59,11 +59,17 @@ def test_trainable_loss_parameters_are_reduced_across_processes(two_process_run)
     gradients = data["gradients"]
     from hf_losses import get_loss
 
-    kwargs = {"top_k": 2, "diversity_weight": 0.3, "weighting": "uncertainty", "initial_log_variance": 0.2,
-              "item_embeddings": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]}
+    kwargs = {
+        "top_k": 2,
+        "diversity_weight": 0.3,
+        "weighting": "uncertainty",
+        "initial_log_variance": 0.2,
+        "item_embeddings": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+    }
     task = "sequence_classification"
     examples = as_batch(task, 8)
     from tiny_tasks import build_model, flat_grad
+
     from hf_losses.tasks import build_task
 
     loss = get_loss("relevance_diversity", **kwargs)
@@ -82,9 +88,10 @@ def test_trainable_loss_parameters_are_reduced_across_processes(two_process_run)
 
 def test_components_are_averaged_across_processes(two_process_run):
     """Each process sees 4 of the 8 samples; the logged loss/<name> is the global mean over all 8."""
+    from tiny_tasks import build_model
+
     from hf_losses import get_loss
     from hf_losses.tasks import build_task
-    from tiny_tasks import build_model
 
     data, _ = two_process_run
     (entry,) = data["logs"]
@@ -93,8 +100,9 @@ def test_components_are_averaged_across_processes(two_process_run):
     model = build_model(task)
     loss = get_loss("0.3*cross_entropy+0.7*focal")
     with torch.no_grad():
-        logits, labels = build_task(task, model).read(model(**{k: v for k, v in examples.items() if k != "labels"}),
-                                                      examples)
+        logits, labels = build_task(task, model).read(
+            model(**{k: v for k, v in examples.items() if k != "labels"}), examples
+        )
         total = loss(logits, labels)
     for name, value in loss.last_components.items():
         assert entry[f"loss/{name}"] == pytest.approx(float(value), rel=1e-5)

@@ -12,12 +12,29 @@ from launching import REPO_ROOT, launch
 
 @pytest.mark.multiprocess
 def test_medical_example_under_accelerate_launch_with_two_processes_and_tuning(tmp_path):
-    result = launch(example_script("medical_diagnosis"),
-                    "--output_dir", str(tmp_path), "--max_train_samples", "64", "--max_steps", "2",
-                    "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--disable_tqdm", "True",
-                    "--tune_trials", "2", "--save_models", "False",
-                    nproc=2, launcher="accelerate",
-                    accelerate_config=REPO_ROOT / "configs" / "accelerate" / "cpu_multiprocess.yaml", timeout=600)
+    result = launch(
+        example_script("medical_diagnosis"),
+        "--output_dir",
+        str(tmp_path),
+        "--max_train_samples",
+        "64",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_strategy",
+        "no",
+        "--disable_tqdm",
+        "True",
+        "--tune_trials",
+        "2",
+        "--save_models",
+        "False",
+        nproc=2,
+        launcher="accelerate",
+        accelerate_config=REPO_ROOT / "configs" / "accelerate" / "cpu_multiprocess.yaml",
+        timeout=600,
+    )
     output = result.stdout
     runs = re.findall(r"=== trained with (.+?): [\d.]+ s, world size (\d+), model run as (\w+)", output)
     assert [(world, wrapper) for _, world, wrapper in runs] == [("2", "DistributedDataParallel")] * 2

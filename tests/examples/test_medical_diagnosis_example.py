@@ -60,5 +60,6 @@ def test_smoke_run_compares_fn_penalty_with_cross_entropy(example, tmp_path):
     loss_config = json.loads((saved / "loss_config.json").read_text())
     assert loss_config["loss_type"] == "fn_penalty"
     assert "Training loss" in (saved / "README.md").read_text()
-    assert isinstance(AutoModelForSequenceClassification.from_pretrained(saved),
-                      medical.TabularMLPForSequenceClassification)
+    assert isinstance(
+        AutoModelForSequenceClassification.from_pretrained(saved), medical.TabularMLPForSequenceClassification
+    )

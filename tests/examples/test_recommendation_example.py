@@ -51,16 +51,34 @@ def test_movielens_split_is_chronological_and_users_are_disjoint():
 
 @pytest.mark.slow
 def test_smoke_run_writes_results_table_plot_and_loss_config(tmp_path):
-    command = [sys.executable, str(example_script("recommendation")), "--output_dir", str(tmp_path),
-               "--max_train_samples", "64", "--max_eval_cases", "32", "--num_train_epochs", "1",
-               "--diversity_weights", "0,2", "--hidden_size", "16", "--max_length", "20"]
+    command = [
+        sys.executable,
+        str(example_script("recommendation")),
+        "--output_dir",
+        str(tmp_path),
+        "--max_train_samples",
+        "64",
+        "--max_eval_cases",
+        "32",
+        "--num_train_epochs",
+        "1",
+        "--diversity_weights",
+        "0,2",
+        "--hidden_size",
+        "16",
+        "--max_length",
+        "20",
+    ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     table = (tmp_path / "results.md").read_text()
     assert "| model | recall@10 | ndcg@10 | intra_list_diversity@10 | coverage@10 |" in table
-    rows = [line for line in table.splitlines() if line.startswith(("| diversity_weight=0 |", "| diversity_weight=2 |",
-                                                                    "| most popular unseen (no model) |"))]
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith(("| diversity_weight=0 |", "| diversity_weight=2 |", "| most popular unseen (no model) |"))
+    ]
     assert len(rows) == 3
     for row in rows:
         values = [float(cell) for cell in row.strip("|").split("|")[1:]]

@@ -33,16 +33,10 @@ def test_three_class_mask_splits_nuclei_into_interior_and_a_rare_boundary(exampl
 
 
 def test_instance_boundaries_hand_computed(example):
-    instances = np.array([[0, 0, 0, 0, 0],
-                          [0, 1, 1, 1, 0],
-                          [0, 1, 1, 1, 2],
-                          [0, 1, 1, 1, 2],
-                          [0, 0, 0, 0, 0]])
-    expected = np.array([[0, 0, 0, 0, 0],
-                         [0, 1, 1, 1, 0],
-                         [0, 1, 0, 1, 1],
-                         [0, 1, 1, 1, 1],
-                         [0, 0, 0, 0, 0]], dtype=bool)
+    instances = np.array([[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 2], [0, 1, 1, 1, 2], [0, 0, 0, 0, 0]])
+    expected = np.array(
+        [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=bool
+    )
     np.testing.assert_array_equal(example("segmentation").instance_boundaries(instances), expected)
 
 
@@ -52,7 +46,7 @@ def test_tiles_cover_the_requested_columns_only(example):
     mask = (image % 2).astype(np.int64)
     pixels, labels = segmentation.tiles(image, mask, size=4, stride=4, x_start=8, x_stop=16)
     assert pixels.shape == (8, 1, 4, 4) and labels.shape == (8, 4, 4)
-    columns = (pixels.astype(np.int64) % 16)
+    columns = pixels.astype(np.int64) % 16
     assert columns.min() == 8 and columns.max() == 15
     np.testing.assert_array_equal(labels, (pixels[:, 0] % 2).astype(np.int64))
 
@@ -82,8 +76,19 @@ def test_predicted_masks_upsample_quarter_resolution_logits(example):
 
 def test_smoke_run_compares_ce_plus_dice_with_ce(example, tmp_path):
     segmentation = example("segmentation")
-    table = segmentation.main(["--output_dir", str(tmp_path), "--max_train_samples", "4", "--max_eval_samples", "2",
-                               "--per_device_train_batch_size", "2", *SMOKE_FLAGS])
+    table = segmentation.main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_train_samples",
+            "4",
+            "--max_eval_samples",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            *SMOKE_FLAGS,
+        ]
+    )
     rows = table.splitlines()[2:]
     assert [row.split("|")[1].strip() for row in rows] == ["cross_entropy", "0.5*cross_entropy+0.5*dice"]
     header = [cell.strip() for cell in table.splitlines()[0].split("|")[1:-1]]

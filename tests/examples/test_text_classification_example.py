@@ -47,8 +47,22 @@ def test_cut_keeps_every_class_in_a_tiny_subset():
 
 
 def test_demo_smoke_run_with_the_real_minilm(tmp_path, capsys):
-    code = cli_main(["demo", "--output_dir", str(tmp_path), "--max_train_samples", "8", "--max_eval_samples", "8",
-                     "--per_device_train_batch_size", "4", "--max_length", "32", *SMOKE_FLAGS])
+    code = cli_main(
+        [
+            "demo",
+            "--output_dir",
+            str(tmp_path),
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "8",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_length",
+            "32",
+            *SMOKE_FLAGS,
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     results = (tmp_path / "results.md").read_text()
@@ -69,8 +83,13 @@ def test_demo_smoke_run_with_the_real_minilm(tmp_path, capsys):
 
 
 def test_example_file_is_the_demo():
-    result = subprocess.run([sys.executable, str(example_script("text_classification")),
-                             "--help"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, str(example_script("text_classification")), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in ("--minority_fraction", "--tune_trials", "--loss_type", "--max_train_samples"):
         assert flag in result.stdout
@@ -79,8 +98,9 @@ def test_example_file_is_the_demo():
 def test_naming_another_loss_drops_the_default_class_weights():
     training_args, _ = demo.parse_arguments(["--loss_type", "focal", "--output_dir", "unused"])
     assert (training_args.loss_type, training_args.class_weights) == ("focal", None)
-    training_args, _ = demo.parse_arguments(["--loss_type", "focal", "--class_weights", "balanced",
-                                             "--output_dir", "unused"])
+    training_args, _ = demo.parse_arguments(
+        ["--loss_type", "focal", "--class_weights", "balanced", "--output_dir", "unused"]
+    )
     assert training_args.class_weights == "balanced"
     training_args, _ = demo.parse_arguments(["--output_dir", "unused"])
     assert (training_args.loss_type, training_args.class_weights) == ("cross_entropy", "balanced")

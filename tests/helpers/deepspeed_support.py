@@ -27,9 +27,18 @@ def build_model(task: str, seed: int = 0) -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, classifier_dropout=0.0, num_labels=NUM_LABELS)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        num_labels=NUM_LABELS,
+    )
     if task == "token_classification":
         return BertForTokenClassification(config)
     if task == "sequence_classification":
@@ -63,8 +72,9 @@ def build_dataset(task: str, num_samples: int = NUM_SAMPLES, seed: int = 0) -> A
     return datasets.Dataset.from_dict(build_columns(task, num_samples, seed))
 
 
-def reference_gradient(task: str, loss_type: str, loss_kwargs: dict | None = None,
-                       num_samples: int = NUM_SAMPLES) -> torch.Tensor:
+def reference_gradient(
+    task: str, loss_type: str, loss_kwargs: dict | None = None, num_samples: int = NUM_SAMPLES
+) -> torch.Tensor:
     """Gradient of the mean loss over all examples as ONE batch, one process, plain PyTorch (no Trainer, no DDP)."""
     from hf_losses import get_loss
 
@@ -83,8 +93,13 @@ def reference_gradient(task: str, loss_type: str, loss_kwargs: dict | None = Non
 
 
 def flat_grad(model: nn.Module) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).double()
-                      for _, p in model.named_parameters() if p.requires_grad])
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).double()
+            for _, p in model.named_parameters()
+            if p.requires_grad
+        ]
+    )
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -95,10 +110,24 @@ def training_arguments(output_dir: str, **overrides: Any) -> Any:
     """LossTrainingArguments for ONE optimizer step over the 8 examples, weights kept (lr 0), sequential data."""
     from hf_losses import LossTrainingArguments
 
-    values = dict(output_dir=output_dir, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                  max_steps=1, learning_rate=0.0, optim="adamw_torch", lr_scheduler_type="constant",
-                  weight_decay=0.0, max_grad_norm=0.0, report_to=[], save_strategy="no", logging_steps=1,
-                  seed=0, train_sampling_strategy="sequential", disable_tqdm=True, dataloader_num_workers=0)
+    values = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=0.0,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     values.update(overrides)
     return LossTrainingArguments(**values)
 
@@ -117,8 +146,9 @@ def describe_run(trainer: Any) -> dict[str, Any]:
         "zero_stage": _zero_stage(trainer),
         "optimizer": type(getattr(trainer.model_wrapped, "optimizer", None) or trainer.optimizer).__name__,
         # ZeRO-3 shards the parameters themselves: a process holds only part of each large tensor
-        "parameters_sharded": any(getattr(p, "ds_tensor", None) is not None and p.ds_tensor.numel() < p.ds_numel
-                                  for p in model.parameters()),
+        "parameters_sharded": any(
+            getattr(p, "ds_tensor", None) is not None and p.ds_tensor.numel() < p.ds_numel for p in model.parameters()
+        ),
         "rank": trainer.args.process_index,
     }
 
@@ -167,9 +197,15 @@ class DeepSpeedProbe:
 
         def step(*args: Any, **kwargs: Any) -> Any:
             if engine.is_gradient_accumulation_boundary():
-                self.gradients.append(torch.cat([
-                    safe_get_full_grad(p).detach().reshape(-1).double().cpu()
-                    for _, p in model.named_parameters() if p.requires_grad]))
+                self.gradients.append(
+                    torch.cat(
+                        [
+                            safe_get_full_grad(p).detach().reshape(-1).double().cpu()
+                            for _, p in model.named_parameters()
+                            if p.requires_grad
+                        ]
+                    )
+                )
             self._squares = []
             result = original_step(*args, **kwargs)
             if self._squares:
@@ -197,8 +233,9 @@ class ClippedNormProbe:
         probe = self
 
         class _Probe(TrainerCallback):
-            def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
-                                      **kwargs: Any) -> None:
+            def on_pre_optimizer_step(
+                self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+            ) -> None:
                 probe.seen_norms.append(float(flat_grad(model).norm()))
 
         return _Probe()
@@ -215,4 +252,3 @@ def emit(record: dict[str, Any]) -> None:
 
 def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-

@@ -21,12 +21,17 @@ LOSS_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "class_balanced": lambda c: {"samples_per_class": [c + 2 - i for i in range(c)]},
     "ldam": lambda c: {"samples_per_class": [c + 2 - i for i in range(c)]},
     "cost_sensitive": lambda c: {"cost_matrix": [[abs(i - j) * (1.0 + i) for j in range(c)] for i in range(c)]},
-    "composite": lambda c: {"components": {"cross_entropy": {}, "focal": {"gamma": 2.0}},
-                            "weights": {"cross_entropy": 0.5, "focal": 0.5}},
-    "relevance_diversity": lambda c: {"top_k": 2, "diversity_weight": 0.3, "popularity_weight": 0.1,
-                                      "item_popularity": [float(c - i) for i in range(c)],
-                                      "item_embeddings": [[((i * 7 + j * 3) % 5 - 2) / 2.0 for j in range(4)]
-                                                          for i in range(c)]},
+    "composite": lambda c: {
+        "components": {"cross_entropy": {}, "focal": {"gamma": 2.0}},
+        "weights": {"cross_entropy": 0.5, "focal": 0.5},
+    },
+    "relevance_diversity": lambda c: {
+        "top_k": 2,
+        "diversity_weight": 0.3,
+        "popularity_weight": 0.1,
+        "item_popularity": [float(c - i) for i in range(c)],
+        "item_embeddings": [[((i * 7 + j * 3) % 5 - 2) / 2.0 for j in range(4)] for i in range(c)],
+    },
 }
 #: losses for two classes only
 BINARY_CLASS_LOSSES = ("fn_penalty",)
@@ -83,4 +88,3 @@ def reference_loss(loss_type: str, task: str) -> Any:
         return None
     loss = get_loss(loss_type, **kwargs_for(loss_type, task))
     return get_loss("cross_entropy") if isinstance(loss, HiddenStatesLoss) else loss
-

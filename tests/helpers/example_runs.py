@@ -12,8 +12,20 @@ from launching import REPO_ROOT
 EXAMPLES_DIR = REPO_ROOT / "examples"
 
 #: flags that make any example a seconds-long smoke run
-SMOKE_FLAGS = ["--max_steps", "2", "--logging_steps", "1", "--eval_strategy", "no", "--disable_tqdm", "True",
-               "--report_to", "none", "--dataloader_num_workers", "0"]
+SMOKE_FLAGS = [
+    "--max_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--disable_tqdm",
+    "True",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 def example_script(name: str, file: str = "train") -> Path:

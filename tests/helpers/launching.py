@@ -22,9 +22,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS_DIR = Path(__file__).resolve().parent
 
 
-def launch(script: str | os.PathLike, *script_args: str, nproc: int = 2, launcher: str = "torchrun",
-           accelerate_config: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-           timeout: float = 600) -> subprocess.CompletedProcess:
+def launch(
+    script: str | os.PathLike,
+    *script_args: str,
+    nproc: int = 2,
+    launcher: str = "torchrun",
+    accelerate_config: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run ``script`` under ``torchrun --nproc_per_node nproc`` (or ``accelerate launch``); raise on failure.
 
     Under torchrun each rank writes to its own log files, and the returned stdout/stderr are the launcher's
@@ -33,11 +39,31 @@ def launch(script: str | os.PathLike, *script_args: str, nproc: int = 2, launche
     port = str(free_port())
     log_dir = tempfile.mkdtemp(prefix="hf_losses_ranks_")
     if launcher == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_addr", "127.0.0.1", "--master_port", port, "--log-dir", log_dir, "--redirects", "3"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "--log-dir",
+            log_dir,
+            "--redirects",
+            "3",
+        ]
     elif launcher == "accelerate":
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
-                   "--main_process_port", port]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(nproc),
+            "--main_process_port",
+            port,
+        ]
         if accelerate_config is not None:
             command += ["--config_file", str(accelerate_config)]
     elif launcher == "python":
@@ -45,19 +71,25 @@ def launch(script: str | os.PathLike, *script_args: str, nproc: int = 2, launche
     else:
         raise ValueError(f"launcher must be 'torchrun', 'accelerate' or 'python', got {launcher!r}")
     command += [str(script), *script_args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(HELPERS_DIR), os.environ.get("PYTHONPATH", "")]),
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(HELPERS_DIR), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout,
-                                cwd=REPO_ROOT)
+        result = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO_ROOT)
         result.stdout += _rank_logs(log_dir, "stdout.log")
         result.stderr += _rank_logs(log_dir, "stderr.log")
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited with {result.returncode}\n--- stdout\n"
-                             f"{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} exited with {result.returncode}\n--- stdout\n"
+            f"{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
     return result
 
 

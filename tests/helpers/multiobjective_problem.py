@@ -69,9 +69,18 @@ def build_dataset(seed: int = 0) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"features": features.tolist(), "labels": labels.tolist()})
 
 
-def train(output_dir: str, weighting: str, max_steps: int, processes: int = 1, accumulation: int = 1,
-          resume_from_checkpoint: str | None = None, save_steps: int | None = None, schedules: Any = None,
-          weights: Any = None, **overrides: Any) -> Any:
+def train(
+    output_dir: str,
+    weighting: str,
+    max_steps: int,
+    processes: int = 1,
+    accumulation: int = 1,
+    resume_from_checkpoint: str | None = None,
+    save_steps: int | None = None,
+    schedules: Any = None,
+    weights: Any = None,
+    **overrides: Any,
+) -> Any:
     """Train full-batch for ``max_steps`` and return the trainer."""
     from hf_losses import LossTrainer, LossTrainingArguments
 
@@ -84,11 +93,25 @@ def train(output_dir: str, weighting: str, max_steps: int, processes: int = 1, a
     if weights is not None:
         loss_kwargs["weights"] = weights
     settings: dict[str, Any] = dict(
-        output_dir=output_dir, loss_type="composite", loss_kwargs=loss_kwargs, loss_task="regression",
-        per_device_train_batch_size=NUM_SAMPLES // (processes * accumulation), gradient_accumulation_steps=accumulation,
-        max_steps=max_steps, learning_rate=0.1, lr_scheduler_type="constant", weight_decay=0.0, warmup_steps=0,
-        logging_steps=1, report_to=[], disable_tqdm=True, seed=0, data_seed=0,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_only_model=False,
+        output_dir=output_dir,
+        loss_type="composite",
+        loss_kwargs=loss_kwargs,
+        loss_task="regression",
+        per_device_train_batch_size=NUM_SAMPLES // (processes * accumulation),
+        gradient_accumulation_steps=accumulation,
+        max_steps=max_steps,
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        warmup_steps=0,
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_only_model=False,
     )
     settings.update(overrides)
     args = LossTrainingArguments(**settings)
@@ -101,15 +124,22 @@ def summary(trainer: Any) -> dict[str, Any]:
     """What the tests compare: learned state, model weights, logged weights per step."""
     loss = trainer.loss
     state = {key: value.detach().cpu().double().reshape(-1).tolist() for key, value in loss.state_dict().items()}
-    logged = [{key: value for key, value in entry.items() if key.startswith(("loss_weight/", "loss/"))}
-              | {"step": entry["step"]} for entry in trainer.state.log_history if "loss" in entry]
+    logged = [
+        {key: value for key, value in entry.items() if key.startswith(("loss_weight/", "loss/"))}
+        | {"step": entry["step"]}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
     model = trainer.model
     return {
         "world_size": trainer.args.world_size,
         "wrapper": type(trainer.model_wrapped).__name__,
         "weights": loss.component_weights(),
         "loss_state": state,
-        "model": [p.detach().cpu().double().reshape(-1).tolist() for n, p in model.named_parameters()
-                  if not n.startswith("hf_losses_loss.")],
+        "model": [
+            p.detach().cpu().double().reshape(-1).tolist()
+            for n, p in model.named_parameters()
+            if not n.startswith("hf_losses_loss.")
+        ],
         "logged": logged,
     }

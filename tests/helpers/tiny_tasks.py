@@ -34,33 +34,66 @@ ALL_TASKS = INDEX_TASKS + BINARY_TASKS
 
 
 def _bert_config(**overrides: Any) -> BertConfig:
-    return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=16, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0, classifier_dropout=0.0, **overrides)
+    return BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        **overrides,
+    )
 
 
 def build_model(task: str, seed: int = 0, num_labels: int = NUM_LABELS) -> torch.nn.Module:
     """A freshly initialised tiny model for ``task`` (same seed, same weights)."""
     torch.manual_seed(seed)
     if task == "sequence_classification":
-        return BertForSequenceClassification(_bert_config(num_labels=num_labels,
-                                                          problem_type="single_label_classification"))
+        return BertForSequenceClassification(
+            _bert_config(num_labels=num_labels, problem_type="single_label_classification")
+        )
     if task == "multi_label":
-        return BertForSequenceClassification(_bert_config(num_labels=num_labels,
-                                                          problem_type="multi_label_classification"))
+        return BertForSequenceClassification(
+            _bert_config(num_labels=num_labels, problem_type="multi_label_classification")
+        )
     if task == "regression":
         return BertForSequenceClassification(_bert_config(num_labels=1, problem_type="regression"))
     if task == "token_classification":
         return BertForTokenClassification(_bert_config(num_labels=num_labels))
     if task == "causal_lm":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB_SIZE, n_embd=8, n_layer=1, n_head=2, n_positions=16,
-                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=VOCAB_SIZE,
+                n_embd=8,
+                n_layer=1,
+                n_head=2,
+                n_positions=16,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
+        )
     if task == "semantic_segmentation":
-        config = SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
-                                 hidden_sizes=[4, 8], patch_sizes=[3, 3], strides=[2, 2], num_attention_heads=[1, 1],
-                                 mlp_ratios=[2, 2], decoder_hidden_size=8, num_labels=num_labels,
-                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                 classifier_dropout_prob=0.0, drop_path_rate=0.0)
+        config = SegformerConfig(
+            num_channels=3,
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[4, 8],
+            patch_sizes=[3, 3],
+            strides=[2, 2],
+            num_attention_heads=[1, 1],
+            mlp_ratios=[2, 2],
+            decoder_hidden_size=8,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout_prob=0.0,
+            drop_path_rate=0.0,
+        )
         model = SegformerForSemanticSegmentation(config)
         # BatchNorm makes a gradient depend on how the batch is split (its statistics are per micro-batch), for
         # any loss and any trainer; exactness tests need a model without it
@@ -72,8 +105,9 @@ def build_model(task: str, seed: int = 0, num_labels: int = NUM_LABELS) -> torch
 POOL_SIZE = 16
 
 
-def build_columns(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
-                  num_labels: int = NUM_LABELS) -> dict[str, Any]:
+def build_columns(
+    task: str, num_samples: int, seed: int = 0, ignored: bool = True, num_labels: int = NUM_LABELS
+) -> dict[str, Any]:
     """Column dict of the first ``num_samples`` examples of a fixed pool for ``task`` (so 8 samples are the first 8
     of 10); ``ignored`` puts -100 (255 for segmentation) into some labels."""
     columns = _pool_columns(task, max(num_samples, POOL_SIZE), seed, ignored, num_labels)
@@ -124,16 +158,18 @@ def _pool_columns(task: str, num_samples: int, seed: int, ignored: bool, num_lab
     return columns
 
 
-def build_dataset(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
-                  num_labels: int = NUM_LABELS) -> Any:
+def build_dataset(
+    task: str, num_samples: int, seed: int = 0, ignored: bool = True, num_labels: int = NUM_LABELS
+) -> Any:
     """A ``datasets.Dataset`` of the first ``num_samples`` examples."""
     import datasets
 
     return datasets.Dataset.from_dict(build_columns(task, num_samples, seed, ignored, num_labels))
 
 
-def as_batch(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
-             num_labels: int = NUM_LABELS) -> dict[str, torch.Tensor]:
+def as_batch(
+    task: str, num_samples: int, seed: int = 0, ignored: bool = True, num_labels: int = NUM_LABELS
+) -> dict[str, torch.Tensor]:
     """The same examples as one batch of tensors (what the default collator makes of the whole dataset)."""
     batch = {}
     for key, value in build_columns(task, num_samples, seed, ignored, num_labels).items():
@@ -144,9 +180,13 @@ def as_batch(task: str, num_samples: int, seed: int = 0, ignored: bool = True,
 
 def flat_grad(model: torch.nn.Module) -> torch.Tensor:
     """All parameter gradients of the model (not of an attached loss), concatenated, float64."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).double()
-                      for name, p in model.named_parameters()
-                      if p.requires_grad and not name.startswith("hf_losses_loss.")])
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).double()
+            for name, p in model.named_parameters()
+            if p.requires_grad and not name.startswith("hf_losses_loss.")
+        ]
+    )
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -163,8 +203,14 @@ class GradientCapture(TrainerCallback):
         self.gradients.append(flat_grad(model).cpu())
 
 
-def reference_gradient(task: str, loss: torch.nn.Module | None, examples: Mapping[str, torch.Tensor],
-                       seed: int = 0, loss_task: str | None = None, num_labels: int = NUM_LABELS) -> torch.Tensor:
+def reference_gradient(
+    task: str,
+    loss: torch.nn.Module | None,
+    examples: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    loss_task: str | None = None,
+    num_labels: int = NUM_LABELS,
+) -> torch.Tensor:
     """Plain-PyTorch gradient of the mean loss over ``examples`` seen as one batch (no Trainer)."""
     from hf_losses.tasks import build_task
 
@@ -184,32 +230,65 @@ def training_arguments(output_dir: str, batch_size: int, accumulation: int, **ov
     """LossTrainingArguments for one SGD step with lr 0 (weights stay put), no clipping, sequential data."""
     from hf_losses import LossTrainingArguments
 
-    defaults = dict(output_dir=output_dir, per_device_train_batch_size=batch_size,
-                    gradient_accumulation_steps=accumulation, learning_rate=0.0, optim="sgd",
-                    lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, num_train_epochs=1,
-                    report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, seed=0,
-                    train_sampling_strategy="sequential", disable_tqdm=True, dataloader_num_workers=0)
+    defaults = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=0.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        num_train_epochs=1,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     defaults.update(overrides)
     return LossTrainingArguments(**defaults)
 
 
-def trainer_gradients(task: str, loss_type: str, loss_kwargs: Mapping[str, Any] | None, num_samples: int,
-                      batch_size: int, accumulation: int, output_dir: str, ignored: bool = True,
-                      loss_task: str = "auto", trainer_class: Callable[..., Any] | None = None,
-                      num_labels: int = NUM_LABELS, **overrides: Any) -> tuple[list[torch.Tensor], Any]:
+def trainer_gradients(
+    task: str,
+    loss_type: str,
+    loss_kwargs: Mapping[str, Any] | None,
+    num_samples: int,
+    batch_size: int,
+    accumulation: int,
+    output_dir: str,
+    ignored: bool = True,
+    loss_task: str = "auto",
+    trainer_class: Callable[..., Any] | None = None,
+    num_labels: int = NUM_LABELS,
+    **overrides: Any,
+) -> tuple[list[torch.Tensor], Any]:
     """Gradients of every optimizer step of one epoch over ``num_samples`` examples, and the trainer."""
     from hf_losses import LossTrainer
 
-    args = training_arguments(output_dir, batch_size, accumulation, loss_type=loss_type,
-                              loss_kwargs=dict(loss_kwargs or {}), loss_task=loss_task, **overrides)
+    args = training_arguments(
+        output_dir,
+        batch_size,
+        accumulation,
+        loss_type=loss_type,
+        loss_kwargs=dict(loss_kwargs or {}),
+        loss_task=loss_task,
+        **overrides,
+    )
     capture = GradientCapture()
     trainer = (trainer_class or LossTrainer)(
-        model=build_model(task, num_labels=num_labels), args=args,
-        train_dataset=build_dataset(task, num_samples, ignored=ignored, num_labels=num_labels), callbacks=[capture])
+        model=build_model(task, num_labels=num_labels),
+        args=args,
+        train_dataset=build_dataset(task, num_samples, ignored=ignored, num_labels=num_labels),
+        callbacks=[capture],
+    )
     trainer.train()
     return capture.gradients, trainer
 
 
 def max_steps_for(num_samples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
     return math.ceil(math.ceil(num_samples / (batch_size * processes)) / accumulation)
-

@@ -22,22 +22,28 @@ def _write_json(tmp_path, config):
 
 CONTRADICTIONS = [
     # DeepSpeed values, training-argument overrides, fragments the one error message must contain
-    ({"bf16": {"enabled": True}}, dict(fp16=True, use_cpu=False, device=torch.device("cuda")),
-     ["bf16.enabled=True", "fp16=True, bf16=False"]),
+    (
+        {"bf16": {"enabled": True}},
+        dict(fp16=True, use_cpu=False, device=torch.device("cuda")),
+        ["bf16.enabled=True", "fp16=True, bf16=False"],
+    ),
     ({"fp16": {"enabled": True}}, {}, ["fp16.enabled=True", "fp16=False, bf16=False"]),
     ({"gradient_clipping": 0.5}, dict(max_grad_norm=1.0), ["gradient_clipping=0.5", "max_grad_norm=1.0"]),
-    ({"train_micro_batch_size_per_gpu": 8}, {}, ["train_micro_batch_size_per_gpu=8",
-                                                  "per_device_train_batch_size=4"]),
+    ({"train_micro_batch_size_per_gpu": 8}, {}, ["train_micro_batch_size_per_gpu=8", "per_device_train_batch_size=4"]),
     ({"gradient_accumulation_steps": 2}, {}, ["gradient_accumulation_steps=2", "gradient_accumulation_steps=3"]),
     ({"train_batch_size": 16}, dict(world_size=2), ["train_batch_size=16", "=24"]),
-    ({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}, {}, ["optimizer.params.lr=0.001",
-                                                                     "learning_rate=0.0002"]),
+    (
+        {"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}},
+        {},
+        ["optimizer.params.lr=0.001", "learning_rate=0.0002"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("deepspeed, overrides, fragments", CONTRADICTIONS)
-def test_contradicting_deepspeed_value_fails_naming_both_values(clean_launch_env, trainer_args, tmp_path, deepspeed,
-                                                                 overrides, fragments):
+def test_contradicting_deepspeed_value_fails_naming_both_values(
+    clean_launch_env, trainer_args, tmp_path, deepspeed, overrides, fragments
+):
     config = {"zero_optimization": {"stage": 2}, **deepspeed}
     args = trainer_args(deepspeed=_write_json(tmp_path, config), **overrides)
     with pytest.raises(LaunchConfigError) as error:
@@ -49,9 +55,15 @@ def test_contradicting_deepspeed_value_fails_naming_both_values(clean_launch_env
 
 
 def test_matching_explicit_values_and_auto_pass(clean_launch_env, trainer_args, tmp_path):
-    config = {"zero_optimization": {"stage": 2}, "gradient_clipping": 0.7, "train_micro_batch_size_per_gpu": 4,
-              "gradient_accumulation_steps": 3, "train_batch_size": 12, "bf16": {"enabled": "auto"},
-              "fp16": {"enabled": False}}
+    config = {
+        "zero_optimization": {"stage": 2},
+        "gradient_clipping": 0.7,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 3,
+        "train_batch_size": 12,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": False},
+    }
     check_launch_config(trainer_args(deepspeed=_write_json(tmp_path, config)))
     check_launch_config(trainer_args(deepspeed=str(SHIPPED_DEEPSPEED / "zero3.json"), bf16=True))
 
@@ -59,8 +71,10 @@ def test_matching_explicit_values_and_auto_pass(clean_launch_env, trainer_args, 
 def test_accelerate_launch_config_file_is_checked_too(clean_launch_env, trainer_args, tmp_path):
     # the path `accelerate launch --config_file deepspeed_*.yaml` takes: the JSON arrives through the environment
     clean_launch_env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    clean_launch_env.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", _write_json(tmp_path, {
-        "zero_optimization": {"stage": 2}, "gradient_clipping": 0.25}))
+    clean_launch_env.setenv(
+        "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+        _write_json(tmp_path, {"zero_optimization": {"stage": 2}, "gradient_clipping": 0.25}),
+    )
     clean_launch_env.setenv("RANK", "0")
     assert deepspeed_config_of(trainer_args())[1]["gradient_clipping"] == 0.25
     with pytest.raises(LaunchConfigError, match=r"gradient_clipping=0.25 .* max_grad_norm=0.7"):
@@ -119,8 +133,11 @@ def test_real_training_arguments_with_contradicting_deepspeed_dict(clean_launch_
     config = {"zero_optimization": {"stage": 2}, "gradient_clipping": 0.5, "train_micro_batch_size_per_gpu": "auto"}
     args = TrainingArguments(output_dir="unused", deepspeed=config, max_grad_norm=1.0, report_to=[])
     try:
-        with pytest.raises(LaunchConfigError, match=r"gradient_clipping=0.5 but TrainingArguments give "
-                                                    r"max_grad_norm=1.0"):
+        with pytest.raises(
+            LaunchConfigError,
+            match=r"gradient_clipping=0.5 but TrainingArguments give "
+            r"max_grad_norm=1.0",
+        ):
             check_launch_config(args)
     finally:
         unset_hf_deepspeed_config()

@@ -54,17 +54,20 @@ def test_writer_output_parses_to_requested_settings(tmp_path, kwargs, distribute
         assert config.main_process_ip and config.main_process_port
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(zero_stage=2, use_cpu=True), "use_cpu"),
-    (dict(fsdp=True, use_cpu=True), "silently runs DDP"),
-    (dict(zero_stage=2, fsdp=True), "not both"),
-    (dict(num_processes=6, num_machines=4), "multiple of `num_machines`"),
-    (dict(num_processes=0), "`num_processes` must be an int >= 1"),
-    (dict(offload=True), "needs DeepSpeed"),
-    (dict(zero_stage=0, offload=True), "needs zero_stage 2 or 3"),
-    (dict(zero_stage=4), "`zero_stage` must be one of"),
-    (dict(mixed_precision="fp8"), "`mixed_precision` must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(zero_stage=2, use_cpu=True), "use_cpu"),
+        (dict(fsdp=True, use_cpu=True), "silently runs DDP"),
+        (dict(zero_stage=2, fsdp=True), "not both"),
+        (dict(num_processes=6, num_machines=4), "multiple of `num_machines`"),
+        (dict(num_processes=0), "`num_processes` must be an int >= 1"),
+        (dict(offload=True), "needs DeepSpeed"),
+        (dict(zero_stage=0, offload=True), "needs zero_stage 2 or 3"),
+        (dict(zero_stage=4), "`zero_stage` must be one of"),
+        (dict(mixed_precision="fp8"), "`mixed_precision` must be one of"),
+    ],
+)
 def test_writer_rejects_settings_that_cannot_work(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         config_writer.write_launch_config(tmp_path / "out", **kwargs)

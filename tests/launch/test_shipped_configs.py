@@ -41,12 +41,16 @@ DEEPSPEED_TABLE = {
 # ------------------------------------------------------------------ shipped files == writer output
 def test_shipped_files_are_exactly_what_the_writer_produces():
     expected = shipped_configs.shipped_config_texts()
-    on_disk = {str(p.relative_to(CONFIGS)): p.read_text()
-               for p in sorted(CONFIGS.glob("accelerate/*.yaml")) + sorted(CONFIGS.glob("deepspeed/*.json"))}
+    on_disk = {
+        str(p.relative_to(CONFIGS)): p.read_text()
+        for p in sorted(CONFIGS.glob("accelerate/*.yaml")) + sorted(CONFIGS.glob("deepspeed/*.json"))
+    }
     assert sorted(on_disk) == sorted(expected), "configs/ holds files the writer does not produce, or misses some"
     for relative, text in expected.items():
-        assert on_disk[relative] == text, f"configs/{relative} differs from the writer (regenerate with " \
-                                          f"`python -m hf_losses.launch.shipped_configs configs`)"
+        assert on_disk[relative] == text, (
+            f"configs/{relative} differs from the writer (regenerate with "
+            f"`python -m hf_losses.launch.shipped_configs configs`)"
+        )
 
 
 def test_regenerating_writes_every_shipped_file(tmp_path, capsys):
@@ -134,17 +138,28 @@ def test_deepspeed_json_fills_auto_from_training_arguments(trainer_args, name, p
         assert ds.bfloat16_config.enabled == (precision == "bf16")
         # dynamic loss scaling spelled out: loss_scale 0 = dynamic, start 2**16, window 1000, hysteresis 2, min 1
         fp16 = ds.float16_config
-        assert (fp16.loss_scale, fp16.initial_scale_power, fp16.loss_scale_window, fp16.hysteresis,
-                fp16.min_loss_scale) == (0, 16, 1000, 2, 1)
+        assert (
+            fp16.loss_scale,
+            fp16.initial_scale_power,
+            fp16.loss_scale_window,
+            fp16.hysteresis,
+            fp16.min_loss_scale,
+        ) == (0, 16, 1000, 2, 1)
         offload_optimizer = ds.zero_config.offload_optimizer
         offload_param = ds.zero_config.offload_param
-        assert (str(getattr(offload_optimizer.device, "value", offload_optimizer.device))
-                if offload_optimizer else None) == optimizer_offload
-        assert (str(getattr(offload_param.device, "value", offload_param.device))
-                if offload_param else None) == param_offload
+        assert (
+            str(getattr(offload_optimizer.device, "value", offload_optimizer.device)) if offload_optimizer else None
+        ) == optimizer_offload
+        assert (
+            str(getattr(offload_param.device, "value", offload_param.device)) if offload_param else None
+        ) == param_offload
         if own_optimizer:
-            assert filled["optimizer"]["params"] == {"lr": 2e-4, "betas": [0.9, 0.98], "eps": 1e-7,
-                                                     "weight_decay": 0.01}
+            assert filled["optimizer"]["params"] == {
+                "lr": 2e-4,
+                "betas": [0.9, 0.98],
+                "eps": 1e-7,
+                "weight_decay": 0.01,
+            }
         else:
             assert "optimizer" not in filled  # the Trainer's --optim is used
     finally:

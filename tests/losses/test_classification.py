@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_losses import get_loss
-from hf_losses.losses.classification import effective_number_weights, ldam_margins
+from hf_losses.losses.classification import ldam_margins
 
 LN2 = math.log(2.0)
 
@@ -39,7 +39,7 @@ def loop_focal(logits, labels, gamma, alpha=None):
 
 def loop_ldam(logits, labels, samples, max_margin, scale, weight=None):
     """Cao et al. 2019 (eq. 13 and their LDAMLoss): CE of s * (z - Delta_y e_y), Delta_j = K / n_j^(1/4)."""
-    raw = [n ** -0.25 for n in samples]
+    raw = [n**-0.25 for n in samples]
     margins = [m * max_margin / max(raw) for m in raw]
     total, count = 0.0, 0
     for row, y in zip(logits.tolist(), labels.tolist()):
@@ -90,15 +90,18 @@ def test_cross_entropy_on_spatial_logits_equals_torch():
 
 
 # ------------------------------------------------------------------------------------------------ focal
-@pytest.mark.parametrize("kwargs,label,expected", [
-    # logits (0, 0): p_y = 1/2, so FL = alpha_y * (1/2)^gamma * ln 2
-    ({"gamma": 2.0}, 0, 0.25 * LN2),
-    ({"gamma": 0.0}, 1, LN2),
-    ({"gamma": 1.0}, 1, 0.5 * LN2),
-    ({"gamma": 2.0, "alpha": 0.25}, 0, 0.75 * 0.25 * LN2),  # scalar alpha: class 0 gets 1 - alpha
-    ({"gamma": 2.0, "alpha": 0.25}, 1, 0.25 * 0.25 * LN2),  # every other class gets alpha
-    ({"gamma": 2.0, "alpha": [3.0, 1.0]}, 0, 3.0 * 0.25 * LN2),
-])
+@pytest.mark.parametrize(
+    "kwargs,label,expected",
+    [
+        # logits (0, 0): p_y = 1/2, so FL = alpha_y * (1/2)^gamma * ln 2
+        ({"gamma": 2.0}, 0, 0.25 * LN2),
+        ({"gamma": 0.0}, 1, LN2),
+        ({"gamma": 1.0}, 1, 0.5 * LN2),
+        ({"gamma": 2.0, "alpha": 0.25}, 0, 0.75 * 0.25 * LN2),  # scalar alpha: class 0 gets 1 - alpha
+        ({"gamma": 2.0, "alpha": 0.25}, 1, 0.25 * 0.25 * LN2),  # every other class gets alpha
+        ({"gamma": 2.0, "alpha": [3.0, 1.0]}, 0, 3.0 * 0.25 * LN2),
+    ],
+)
 def test_focal_closed_form_at_even_odds(kwargs, label, expected):
     value = get_loss("focal", **kwargs)(torch.zeros(1, 2), torch.tensor([label]))
     assert value.item() == pytest.approx(expected, rel=1e-6)
@@ -146,23 +149,11 @@ def test_focal_gradient_is_finite_for_fractional_gamma_at_a_certain_prediction()
 
 
 # ------------------------------------------------------------------------------------------------ class_balanced
-def test_effective_number_weights_closed_form():
-    # beta = 1/2: (1 - beta) / (1 - beta^n) = 1 for n = 1 and 2/3 for n = 2; normalised to sum C = 2
-    weights = effective_number_weights(torch.tensor([1.0, 2.0]), 0.5)
-    torch.testing.assert_close(weights, torch.tensor([1.2, 0.8]))
-
-
-def test_effective_number_weights_tend_to_inverse_frequency_as_beta_tends_to_one():
-    weights = effective_number_weights(torch.tensor([10.0, 1000.0]), 1 - 1e-9)
-    assert (weights[0] / weights[1]).item() == pytest.approx(100.0, rel=1e-3)
-    torch.testing.assert_close(effective_number_weights(torch.tensor([10.0, 1000.0]), 0.0), torch.ones(2))
-
-
 @pytest.mark.parametrize("base,gamma", [("ce", 2.0), ("focal", 2.0), ("focal", 0.5)])
 def test_class_balanced_equals_cui_formula_loop(base, gamma):
     logits, labels = make_batch()
     samples, beta = [500, 50, 20, 2], 0.99
-    raw = [(1 - beta) / (1 - beta ** n) for n in samples]
+    raw = [(1 - beta) / (1 - beta**n) for n in samples]
     weights = [w * len(samples) / sum(raw) for w in raw]
     expected = loop_focal(logits, labels, gamma if base == "focal" else 0.0, weights)
     value = get_loss("class_balanced", samples_per_class=samples, beta=beta, base=base, gamma=gamma)(logits, labels)

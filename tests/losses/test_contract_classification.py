@@ -87,8 +87,10 @@ def test_sum_over_micro_batches_equals_whole_batch(case):
     whole.backward()
     num_items = loss.num_items(labels)
     parts_input = logits.clone().requires_grad_()
-    total = sum(loss(chunk, chunk_labels, num_items_in_batch=num_items)
-                for chunk, chunk_labels in zip(parts_input.split([3, 1, 4]), labels.split([3, 1, 4])))
+    total = sum(
+        loss(chunk, chunk_labels, num_items_in_batch=num_items)
+        for chunk, chunk_labels in zip(parts_input.split([3, 1, 4]), labels.split([3, 1, 4]))
+    )
     total.backward()
     torch.testing.assert_close(total, whole, atol=1e-6, rtol=0)
     torch.testing.assert_close(parts_input.grad, whole_input.grad, atol=1e-7, rtol=1e-5)
@@ -165,8 +167,9 @@ def test_cuda_equals_cpu_with_ignored_labels_half_precision_and_checked_labels(c
     torch.testing.assert_close(value.cpu(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cuda_input.grad.cpu(), cpu_input.grad, atol=1e-6, rtol=1e-4)
     num_items = device_loss.num_items(labels.cuda())
-    parts = sum(device_loss(x, y, num_items_in_batch=num_items) for x, y in zip(logits.cuda().split(3),
-                                                                               labels.cuda().split(3)))
+    parts = sum(
+        device_loss(x, y, num_items_in_batch=num_items) for x, y in zip(logits.cuda().split(3), labels.cuda().split(3))
+    )
     torch.testing.assert_close(parts.cpu(), expected, atol=1e-6, rtol=0)
     assert device_loss(logits.cuda(), ignored_everywhere(labels).cuda()).item() == 0.0
     half = device_loss((logits * 40).cuda().half(), labels.cuda())
@@ -199,85 +202,222 @@ def binary_input(c=3):
 
 BAD_FORWARD = [
     # class-vector length != C
-    ("cross_entropy", {"weight": [1.0, 2.0]}, index_input(),
-     ValueError, r"loss 'cross_entropy': `weight` has 2 entries but the logits have C=3 classes"),
+    (
+        "cross_entropy",
+        {"weight": [1.0, 2.0]},
+        index_input(),
+        ValueError,
+        r"loss 'cross_entropy': `weight` has 2 entries but the logits have C=3 classes",
+    ),
     ("focal", {"alpha": [0.5, 0.5]}, index_input(), ValueError, r"loss 'focal': `alpha` has 2 entries .* C=3"),
-    ("class_balanced", {"samples_per_class": [5, 5]}, index_input(),
-     ValueError, r"loss 'class_balanced': `samples_per_class` has 2 entries .* C=3"),
-    ("ldam", {"samples_per_class": [5, 5, 5, 5]}, index_input(),
-     ValueError, r"loss 'ldam': `samples_per_class` has 4 entries .* C=3"),
-    ("ldam", {"samples_per_class": [5, 5, 5], "weight": [1.0]}, index_input(),
-     ValueError, r"loss 'ldam': `weight` has 1 entries .* C=3"),
-    ("cost_sensitive", {"cost_matrix": [[0, 1], [1, 0]]}, index_input(),
-     ValueError, r"loss 'cost_sensitive': `cost_matrix` is 2 x 2 but the logits have C=3 classes"),
-    ("fn_penalty", {}, index_input(), ValueError, r"loss 'fn_penalty' is for binary tasks: .* C=2 .* got shape \(4, 3\)"),
+    (
+        "class_balanced",
+        {"samples_per_class": [5, 5]},
+        index_input(),
+        ValueError,
+        r"loss 'class_balanced': `samples_per_class` has 2 entries .* C=3",
+    ),
+    (
+        "ldam",
+        {"samples_per_class": [5, 5, 5, 5]},
+        index_input(),
+        ValueError,
+        r"loss 'ldam': `samples_per_class` has 4 entries .* C=3",
+    ),
+    (
+        "ldam",
+        {"samples_per_class": [5, 5, 5], "weight": [1.0]},
+        index_input(),
+        ValueError,
+        r"loss 'ldam': `weight` has 1 entries .* C=3",
+    ),
+    (
+        "cost_sensitive",
+        {"cost_matrix": [[0, 1], [1, 0]]},
+        index_input(),
+        ValueError,
+        r"loss 'cost_sensitive': `cost_matrix` is 2 x 2 but the logits have C=3 classes",
+    ),
+    (
+        "fn_penalty",
+        {},
+        index_input(),
+        ValueError,
+        r"loss 'fn_penalty' is for binary tasks: .* C=2 .* got shape \(4, 3\)",
+    ),
     ("bce", {"pos_weight": [1.0, 2.0]}, binary_input(), ValueError, r"loss 'bce': `pos_weight` has 2 entries .* C=3"),
     # labels outside [0, C)
-    ("cross_entropy", {}, index_input(labels=(0, 3, 1, 1)),
-     ValueError, r"loss 'cross_entropy': `labels` must be in \[0, 3\) or ignore_index=-100; found 3"),
+    (
+        "cross_entropy",
+        {},
+        index_input(labels=(0, 3, 1, 1)),
+        ValueError,
+        r"loss 'cross_entropy': `labels` must be in \[0, 3\) or ignore_index=-100; found 3",
+    ),
     ("focal", {}, index_input(labels=(0, -1, 1, -100)), ValueError, r"loss 'focal': `labels` must be in .* found -1"),
     ("poly1", {}, index_input(labels=(7, 0, 1, 1)), ValueError, r"loss 'poly1': `labels` must be in .* found 7"),
-    ("cost_sensitive", {"cost_matrix": COSTS}, index_input(labels=(0, 0, 5, 1)),
-     ValueError, r"loss 'cost_sensitive': `labels` must be in .* found 5"),
+    (
+        "cost_sensitive",
+        {"cost_matrix": COSTS},
+        index_input(labels=(0, 0, 5, 1)),
+        ValueError,
+        r"loss 'cost_sensitive': `labels` must be in .* found 5",
+    ),
     # float labels for index losses, integer labels for multi-label losses
-    ("cross_entropy", {}, (torch.randn(4, 3), torch.zeros(4)), TypeError,
-     r"loss 'cross_entropy': `labels` must hold integer class indices .* got dtype torch.float32"),
-    ("ldam", {"samples_per_class": [1, 2, 3]}, (torch.randn(4, 3), torch.zeros(4, 3)), TypeError,
-     r"loss 'ldam': `labels` must hold integer class indices"),
-    ("bce", {}, (torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long)), TypeError,
-     r"loss 'bce': `labels` must be float multi-label targets .* got integer dtype torch.int64"),
-    ("asl", {}, (torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.bool)), TypeError,
-     r"loss 'asl': `labels` must be float multi-label targets"),
+    (
+        "cross_entropy",
+        {},
+        (torch.randn(4, 3), torch.zeros(4)),
+        TypeError,
+        r"loss 'cross_entropy': `labels` must hold integer class indices .* got dtype torch.float32",
+    ),
+    (
+        "ldam",
+        {"samples_per_class": [1, 2, 3]},
+        (torch.randn(4, 3), torch.zeros(4, 3)),
+        TypeError,
+        r"loss 'ldam': `labels` must hold integer class indices",
+    ),
+    (
+        "bce",
+        {},
+        (torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long)),
+        TypeError,
+        r"loss 'bce': `labels` must be float multi-label targets .* got integer dtype torch.int64",
+    ),
+    (
+        "asl",
+        {},
+        (torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.bool)),
+        TypeError,
+        r"loss 'asl': `labels` must be float multi-label targets",
+    ),
     # multi-label targets outside [0, 1]
-    ("sigmoid_focal", {}, (torch.randn(2, 2), torch.tensor([[0.0, 2.0], [1.0, -100.0]])), ValueError,
-     r"loss 'sigmoid_focal': `labels` must be targets in \[0, 1\] or ignore_index=-100; found 2"),
-    ("bce", {}, (torch.randn(2, 2), torch.tensor([[0.0, float("nan")], [1.0, 1.0]])), ValueError,
-     r"loss 'bce': `labels` must be targets in \[0, 1\] .* found nan"),
+    (
+        "sigmoid_focal",
+        {},
+        (torch.randn(2, 2), torch.tensor([[0.0, 2.0], [1.0, -100.0]])),
+        ValueError,
+        r"loss 'sigmoid_focal': `labels` must be targets in \[0, 1\] or ignore_index=-100; found 2",
+    ),
+    (
+        "bce",
+        {},
+        (torch.randn(2, 2), torch.tensor([[0.0, float("nan")], [1.0, 1.0]])),
+        ValueError,
+        r"loss 'bce': `labels` must be targets in \[0, 1\] .* found nan",
+    ),
     # shape mismatch
-    ("focal", {}, (torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long)), ValueError,
-     r"loss 'focal': `labels` shape \(4, 2\) does not match logits \(4, 3\); expected \(4,\)"),
-    ("asl", {}, (torch.randn(4, 3), torch.zeros(4, 2)), ValueError,
-     r"loss 'asl': `labels` shape \(4, 2\) must equal logits shape \(4, 3\)"),
-    ("cross_entropy", {}, (torch.tensor([1, 2]), torch.tensor([0, 1])), TypeError,
-     r"loss 'cross_entropy': `logits` must be a floating-point tensor"),
+    (
+        "focal",
+        {},
+        (torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long)),
+        ValueError,
+        r"loss 'focal': `labels` shape \(4, 2\) does not match logits \(4, 3\); expected \(4,\)",
+    ),
+    (
+        "asl",
+        {},
+        (torch.randn(4, 3), torch.zeros(4, 2)),
+        ValueError,
+        r"loss 'asl': `labels` shape \(4, 2\) must equal logits shape \(4, 3\)",
+    ),
+    (
+        "cross_entropy",
+        {},
+        (torch.tensor([1, 2]), torch.tensor([0, 1])),
+        TypeError,
+        r"loss 'cross_entropy': `logits` must be a floating-point tensor",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,inputs,error,message", BAD_FORWARD,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(BAD_FORWARD)])
+@pytest.mark.parametrize(
+    "name,kwargs,inputs,error,message", BAD_FORWARD, ids=[f"{row[0]}-{i}" for i, row in enumerate(BAD_FORWARD)]
+)
 def test_bad_input_raises_a_clear_error_before_computing(name, kwargs, inputs, error, message):
     with pytest.raises(error, match=message):
         get_loss(name, **kwargs)(*inputs)
 
 
 BAD_ARGUMENTS = [
-    ("cross_entropy", {"label_smoothing": -0.1}, ValueError, r"loss 'cross_entropy': `label_smoothing` must be in \[0, 1\], got -0.1"),
-    ("cross_entropy", {"weight": [1.0, -1.0]}, ValueError, r"loss 'cross_entropy': every entry of `weight` must be >= 0"),
+    (
+        "cross_entropy",
+        {"label_smoothing": -0.1},
+        ValueError,
+        r"loss 'cross_entropy': `label_smoothing` must be in \[0, 1\], got -0.1",
+    ),
+    (
+        "cross_entropy",
+        {"weight": [1.0, -1.0]},
+        ValueError,
+        r"loss 'cross_entropy': every entry of `weight` must be >= 0",
+    ),
     ("focal", {"gamma": -1.0}, ValueError, r"loss 'focal': `gamma` must be in \[0, inf\], got -1"),
     ("focal", {"alpha": -0.25}, ValueError, r"loss 'focal': `alpha` must be in \[0, 1\], got -0.25"),
     ("focal", {"alpha": 1.5}, ValueError, r"loss 'focal': `alpha` must be in \[0, 1\], got 1.5"),
     ("focal", {"alpha": [0.5, -0.5]}, ValueError, r"loss 'focal': every entry of `alpha` must be >= 0"),
-    ("class_balanced", {"samples_per_class": [5, 5], "beta": 1.0}, ValueError,
-     r"loss 'class_balanced': `beta` must be in \[0, 1\), got 1"),
-    ("class_balanced", {"samples_per_class": [5, 5], "beta": -0.5}, ValueError, r"`beta` must be in \[0, 1\], got -0.5"),
-    ("class_balanced", {"samples_per_class": [5, 5], "base": "dice"}, ValueError,
-     r"loss 'class_balanced': parameter 'base' must be one of 'ce', 'focal', got str 'dice'"),
-    ("class_balanced", {"samples_per_class": [0, 5]}, ValueError,
-     r"loss 'class_balanced': every entry of `samples_per_class` must be > 0"),
+    (
+        "class_balanced",
+        {"samples_per_class": [5, 5], "beta": 1.0},
+        ValueError,
+        r"loss 'class_balanced': `beta` must be in \[0, 1\), got 1",
+    ),
+    (
+        "class_balanced",
+        {"samples_per_class": [5, 5], "beta": -0.5},
+        ValueError,
+        r"`beta` must be in \[0, 1\], got -0.5",
+    ),
+    (
+        "class_balanced",
+        {"samples_per_class": [5, 5], "base": "dice"},
+        ValueError,
+        r"loss 'class_balanced': parameter 'base' must be one of 'ce', 'focal', got str 'dice'",
+    ),
+    (
+        "class_balanced",
+        {"samples_per_class": [0, 5]},
+        ValueError,
+        r"loss 'class_balanced': every entry of `samples_per_class` must be > 0",
+    ),
     ("class_balanced", {"samples_per_class": [5, 5], "gamma": -2.0}, ValueError, r"`gamma` must be in \[0, inf\]"),
     ("class_balanced", {}, TypeError, r"samples_per_class"),
-    ("ldam", {"samples_per_class": [5, 5], "max_margin": -1.0}, ValueError, r"loss 'ldam': `max_margin` must be in \[0, inf\]"),
-    ("ldam", {"samples_per_class": [5, 5], "scale": 0.0}, ValueError, r"loss 'ldam': `scale` must be in \(0, inf\], got 0"),
+    (
+        "ldam",
+        {"samples_per_class": [5, 5], "max_margin": -1.0},
+        ValueError,
+        r"loss 'ldam': `max_margin` must be in \[0, inf\]",
+    ),
+    (
+        "ldam",
+        {"samples_per_class": [5, 5], "scale": 0.0},
+        ValueError,
+        r"loss 'ldam': `scale` must be in \(0, inf\], got 0",
+    ),
     ("poly1", {"epsilon": -2.0}, ValueError, r"loss 'poly1': `epsilon` must be in \[-1, inf\], got -2"),
-    ("cost_sensitive", {"cost_matrix": [[0, 1, 2], [1, 0, 2]]}, ValueError,
-     r"loss 'cost_sensitive': `cost_matrix` must be a square C x C matrix .* got shape \(2, 3\)"),
-    ("cost_sensitive", {"cost_matrix": [[0, -1], [1, 0]]}, ValueError,
-     r"loss 'cost_sensitive': every entry of `cost_matrix` must be >= 0"),
+    (
+        "cost_sensitive",
+        {"cost_matrix": [[0, 1, 2], [1, 0, 2]]},
+        ValueError,
+        r"loss 'cost_sensitive': `cost_matrix` must be a square C x C matrix .* got shape \(2, 3\)",
+    ),
+    (
+        "cost_sensitive",
+        {"cost_matrix": [[0, -1], [1, 0]]},
+        ValueError,
+        r"loss 'cost_sensitive': every entry of `cost_matrix` must be >= 0",
+    ),
     ("cost_sensitive", {"cost_matrix": [[0, float("inf")], [1, 0]]}, ValueError, r"`cost_matrix` must be finite"),
     ("cost_sensitive", {"cost_matrix": [[0, 1], [1]]}, TypeError, r"`cost_matrix` must be a C x C list of lists"),
     ("cost_sensitive", {"cost_matrix": COSTS, "cost_weight": -1.0}, ValueError, r"`cost_weight` must be in \[0, inf\]"),
     ("fn_penalty", {"fn_cost": -1.0}, ValueError, r"loss 'fn_penalty': `fn_cost` must be in \[0, inf\], got -1"),
-    ("fn_penalty", {"positive_class": 2}, ValueError, r"loss 'fn_penalty': `positive_class` must be one of \[0, 1\], got 2"),
+    (
+        "fn_penalty",
+        {"positive_class": 2},
+        ValueError,
+        r"loss 'fn_penalty': `positive_class` must be one of \[0, 1\], got 2",
+    ),
     ("bce", {"pos_weight": -1.0}, ValueError, r"loss 'bce': `pos_weight` must be in \[0, inf\], got -1"),
     ("bce", {"pos_weight": [1.0, -2.0]}, ValueError, r"loss 'bce': every entry of `pos_weight` must be >= 0"),
     ("sigmoid_focal", {"alpha": -0.25}, ValueError, r"loss 'sigmoid_focal': `alpha` must be in \[0, 1\], got -0.25"),
@@ -291,8 +431,9 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,error,message", BAD_ARGUMENTS,
-                         ids=[f"{row[0]}-{i}" for i, row in enumerate(BAD_ARGUMENTS)])
+@pytest.mark.parametrize(
+    "name,kwargs,error,message", BAD_ARGUMENTS, ids=[f"{row[0]}-{i}" for i, row in enumerate(BAD_ARGUMENTS)]
+)
 def test_bad_argument_raises_at_construction_naming_loss_and_parameter(name, kwargs, error, message):
     with pytest.raises(error, match=message):
         get_loss(name, **kwargs)

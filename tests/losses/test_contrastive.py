@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hf_losses import describe_loss, get_loss
+from hf_losses.losses.base import EmbeddingPairLoss
 from hf_losses.losses.contrastive import info_nce
 
 
@@ -38,8 +39,13 @@ def loop_info_nce(queries, keys, temperature, symmetric, normalize):
 def test_registered_as_a_batch_loss():
     description = describe_loss("info_nce")
     assert description.decomposable is False and description.item_unit == "sample"
+    assert description.label_kind == "embedding" and isinstance(get_loss("info_nce"), EmbeddingPairLoss)
     assert {p.name: p.default for p in description.parameters} == {
-        "temperature": 0.07, "symmetric": False, "normalize": True, "across_processes": True}
+        "temperature": 0.07,
+        "symmetric": False,
+        "normalize": True,
+        "across_processes": True,
+    }
     queries, keys = make_pairs()
     loss = get_loss("info_nce")
     assert loss.num_items(keys) == {}
@@ -53,7 +59,8 @@ def test_hand_computed_orthogonal_pairs():
     assert value.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-12)
     # t = 0.5 doubles the logits: log(1 + e^-2); the symmetric loss is the same by symmetry
     assert get_loss("info_nce", temperature=0.5, symmetric=True)(eye, eye).item() == pytest.approx(
-        math.log(1 + math.exp(-2)), abs=1e-12)
+        math.log(1 + math.exp(-2)), abs=1e-12
+    )
 
 
 def test_hand_computed_unnormalized_dot_products():
@@ -78,8 +85,10 @@ def test_equals_plain_loop_formula(temperature, symmetric, normalize):
 
 def test_across_processes_false_is_the_same_in_one_process():
     queries, keys = make_pairs()
-    torch.testing.assert_close(get_loss("info_nce", across_processes=False, symmetric=True)(queries, keys),
-                               get_loss("info_nce", symmetric=True)(queries, keys))
+    torch.testing.assert_close(
+        get_loss("info_nce", across_processes=False, symmetric=True)(queries, keys),
+        get_loss("info_nce", symmetric=True)(queries, keys),
+    )
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -131,8 +140,11 @@ def test_bad_parameters_raise(kwargs, error, message):
 def test_bad_inputs_raise_naming_the_call_form():
     loss = get_loss("info_nce")
     queries, keys = make_pairs(4, 3, dtype=torch.float32)
-    with pytest.raises(TypeError, match=r"loss 'info_nce': query and key embeddings must be floating-point.*"
-                                        r"integer labels\?"):
+    with pytest.raises(
+        TypeError,
+        match=r"loss 'info_nce': query and key embeddings must be floating-point.*"
+        r"integer labels\?",
+    ):
         loss(queries, torch.arange(4))
     with pytest.raises(ValueError, match=r"must both be \(N, D\) with the same shape, got \(4, 3\) and \(5, 3\)"):
         loss(queries, torch.randn(5, 3))

@@ -58,13 +58,16 @@ def test_cost_sensitive_on_spatial_logits_equals_flattened_logits():
     torch.testing.assert_close(loss(logits, labels), flat)
 
 
-@pytest.mark.parametrize("positive_class,label,fn_cost,expected", [
-    # logits (0, 0): p = (1/2, 1/2). A positive costs fn_cost when missed, a negative 1 when flagged.
-    (1, 1, 10.0, math.log(2) + 0.5 * 10.0),
-    (1, 0, 10.0, math.log(2) + 0.5 * 1.0),
-    (0, 0, 4.0, math.log(2) + 0.5 * 4.0),
-    (0, 1, 4.0, math.log(2) + 0.5 * 1.0),
-])
+@pytest.mark.parametrize(
+    "positive_class,label,fn_cost,expected",
+    [
+        # logits (0, 0): p = (1/2, 1/2). A positive costs fn_cost when missed, a negative 1 when flagged.
+        (1, 1, 10.0, math.log(2) + 0.5 * 10.0),
+        (1, 0, 10.0, math.log(2) + 0.5 * 1.0),
+        (0, 0, 4.0, math.log(2) + 0.5 * 4.0),
+        (0, 1, 4.0, math.log(2) + 0.5 * 1.0),
+    ],
+)
 def test_fn_penalty_closed_form_at_even_odds(positive_class, label, fn_cost, expected):
     loss = get_loss("fn_penalty", fn_cost=fn_cost, positive_class=positive_class)
     assert loss(torch.zeros(1, 2), torch.tensor([label])).item() == pytest.approx(expected, rel=1e-6)
@@ -135,13 +138,16 @@ def test_expected_cost_of_all_ignored_labels_is_zero():
     assert expected_cost(torch.tensor([1, 2]), torch.tensor([-100, -100]), COSTS) == 0.0
 
 
-@pytest.mark.parametrize("predictions,labels,match", [
-    (torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), "probabilities summing to 1"),
-    (torch.tensor([0.5, 0.5]), torch.tensor([0, 1]), r"probabilities must have shape \(2, 3\)"),
-    (torch.tensor([0, 3]), torch.tensor([0, 1]), r"predictions must be class indices in \[0, 3\)"),
-    (torch.tensor([0, 1, 2]), torch.tensor([0, 1]), "predictions shape"),
-    (torch.tensor([0, 1]), torch.tensor([0, 5]), r"`labels` must be in \[0, 3\)"),
-])
+@pytest.mark.parametrize(
+    "predictions,labels,match",
+    [
+        (torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), "probabilities summing to 1"),
+        (torch.tensor([0.5, 0.5]), torch.tensor([0, 1]), r"probabilities must have shape \(2, 3\)"),
+        (torch.tensor([0, 3]), torch.tensor([0, 1]), r"predictions must be class indices in \[0, 3\)"),
+        (torch.tensor([0, 1, 2]), torch.tensor([0, 1]), "predictions shape"),
+        (torch.tensor([0, 1]), torch.tensor([0, 5]), r"`labels` must be in \[0, 3\)"),
+    ],
+)
 def test_expected_cost_rejects_bad_input(predictions, labels, match):
     with pytest.raises(ValueError, match=match):
         expected_cost(predictions, labels, COSTS)

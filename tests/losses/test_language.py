@@ -17,7 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from hf_losses import describe_loss, get_loss
-from hf_losses.losses.language import CausalLMLoss, linear_cross_entropy, shift_causal_labels
+from hf_losses.losses.base import HiddenStatesLoss
+from hf_losses.losses.language import CausalLMLoss, shift_causal_labels
+from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
 
 N, T, H, V = 3, 7, 16, 50
 
@@ -33,8 +35,19 @@ def make_inputs(dtype=torch.float32, seed=0, bias=True, n=N, t=T, h=H, v=V):
     return hidden, labels, weight, bias_
 
 
-def reference_loss(hidden, labels, weight, bias=None, *, label_smoothing=0.0, z_loss=0.0, softcap=None,
-                   class_weights=None, num_items_in_batch=None, shift_labels=None):
+def reference_loss(
+    hidden,
+    labels,
+    weight,
+    bias=None,
+    *,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    class_weights=None,
+    num_items_in_batch=None,
+    shift_labels=None,
+):
     """The same loss on materialised float32 logits, written with torch functions."""
     logits = hidden.float() @ weight.float().t()
     if bias is not None:
@@ -43,8 +56,14 @@ def reference_loss(hidden, labels, weight, bias=None, *, label_smoothing=0.0, z_
         logits = softcap * torch.tanh(logits / softcap)
     targets = shift_labels if shift_labels is not None else F.pad(labels[:, 1:], (0, 1), value=-100)
     flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    per_token = F.cross_entropy(flat_logits, flat_targets, weight=class_weights, label_smoothing=label_smoothing,
-                                ignore_index=-100, reduction="none")
+    per_token = F.cross_entropy(
+        flat_logits,
+        flat_targets,
+        weight=class_weights,
+        label_smoothing=label_smoothing,
+        ignore_index=-100,
+        reduction="none",
+    )
     valid = flat_targets != -100
     total = per_token.sum() + z_loss * torch.logsumexp(flat_logits, -1)[valid].square().sum()
     count = num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1)
@@ -91,8 +110,16 @@ OPTION_CASES = [
     ({"z_loss": 1e-2}, "PaLM z-loss lse^2"),
     ({"softcap": 2.5}, "Gemma soft-capping"),
     ({"class_weights": [0.5 + (i % 7) / 4 for i in range(V)]}, "class weights over the vocabulary"),
-    ({"class_weights": [0.5 + (i % 5) / 3 for i in range(V)], "label_smoothing": 0.2, "z_loss": 1e-3,
-      "softcap": 4.0, "chunk_size": 4}, "everything at once"),
+    (
+        {
+            "class_weights": [0.5 + (i % 5) / 3 for i in range(V)],
+            "label_smoothing": 0.2,
+            "z_loss": 1e-3,
+            "softcap": 4.0,
+            "chunk_size": 4,
+        },
+        "everything at once",
+    ),
 ]
 
 
@@ -146,8 +173,9 @@ def test_shift_labels_replace_the_shifted_labels():
 def test_no_ignored_position_takes_the_slicing_path_and_stays_exact(chunk_size):
     hidden, _, weight, bias = make_inputs()
     shift_labels = torch.randint(0, V, (N, T), generator=torch.Generator().manual_seed(5))  # every position counts
-    value = get_loss("causal_lm", chunk_size=chunk_size)(hidden, None, weight=weight, bias=bias,
-                                                          shift_labels=shift_labels)
+    value = get_loss("causal_lm", chunk_size=chunk_size)(
+        hidden, None, weight=weight, bias=bias, shift_labels=shift_labels
+    )
     expected = ForCausalLMLoss(hidden @ weight.t() + bias, None, vocab_size=V, shift_labels=shift_labels)
     assert torch.allclose(value, expected, rtol=1e-5, atol=0)
     assert_close_relative(gradients(value, (hidden, weight, bias)), gradients(expected, (hidden, weight, bias)), 1e-5)
@@ -182,10 +210,10 @@ def test_gradient_equal_across_micro_batches_with_num_items_in_batch():
     hidden, labels, weight, bias = make_inputs(n=4)
     loss = get_loss("causal_lm", chunk_size=5)
     full = gradients(loss(hidden, labels, weight=weight, bias=bias), (hidden, weight, bias))
-    total = sum(loss.num_items(labels[i:i + 2])["label"] for i in (0, 2))
+    total = sum(loss.num_items(labels[i : i + 2])["label"] for i in (0, 2))
     accumulated = None
     for i in (0, 2):
-        part = loss(hidden[i:i + 2], labels[i:i + 2], weight=weight, bias=bias, num_items_in_batch=total)
+        part = loss(hidden[i : i + 2], labels[i : i + 2], weight=weight, bias=bias, num_items_in_batch=total)
         grads = gradients(part, (hidden, weight, bias))
         accumulated = grads if accumulated is None else [a + g for a, g in zip(accumulated, grads)]
     assert_close_relative(accumulated, full, 1e-5)
@@ -194,8 +222,14 @@ def test_gradient_equal_across_micro_batches_with_num_items_in_batch():
 # ------------------------------------------------------------------------------------------ precision
 def test_gradcheck_float64_with_every_option():
     hidden, labels, weight, bias = make_inputs(dtype=torch.float64, n=2, t=4, h=3, v=6)
-    loss = get_loss("causal_lm", chunk_size=2, label_smoothing=0.1, z_loss=0.05, softcap=3.0,
-                    class_weights=[1.0, 0.5, 2.0, 1.5, 0.7, 1.2])
+    loss = get_loss(
+        "causal_lm",
+        chunk_size=2,
+        label_smoothing=0.1,
+        z_loss=0.05,
+        softcap=3.0,
+        class_weights=[1.0, 0.5, 2.0, 1.5, 0.7, 1.2],
+    )
     assert torch.autograd.gradcheck(lambda h, w, b: loss(h, labels, weight=w, bias=b), (hidden, weight, bias))
 
 
@@ -223,8 +257,9 @@ def test_bf16_autocast_close_to_transformers_under_autocast():
 
 def test_bf16_parameters_give_bf16_gradients_close_to_float32():
     hidden, labels, weight, _ = make_inputs(n=4, t=16, h=32, v=300)
-    value = get_loss("causal_lm", chunk_size=8)(hidden.detach().bfloat16().requires_grad_(), labels,
-                                                weight=weight.detach().bfloat16().requires_grad_())
+    value = get_loss("causal_lm", chunk_size=8)(
+        hidden.detach().bfloat16().requires_grad_(), labels, weight=weight.detach().bfloat16().requires_grad_()
+    )
     assert value.dtype == torch.float32
     expected = ForCausalLMLoss(hidden @ weight.t(), labels, vocab_size=300)
     assert torch.allclose(value, expected, rtol=1e-2)
@@ -304,29 +339,35 @@ def test_functional_core_returns_sum_and_z_part():
 
 
 # ------------------------------------------------------------------------------------------ validation & registry
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"chunk_size": 0}, ValueError, "chunk_size"),
-    ({"chunk_size": 2.5}, TypeError, "chunk_size"),
-    ({"label_smoothing": 1.5}, ValueError, "label_smoothing"),
-    ({"z_loss": -1.0}, ValueError, "z_loss"),
-    ({"softcap": 0.0}, ValueError, "softcap"),
-    ({"class_weights": [1.0, -1.0]}, ValueError, "class_weights"),
-    ({"chunk_sizes": 4}, ValueError, "did you mean 'chunk_size'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"chunk_size": 2.5}, TypeError, "chunk_size"),
+        ({"label_smoothing": 1.5}, ValueError, "label_smoothing"),
+        ({"z_loss": -1.0}, ValueError, "z_loss"),
+        ({"softcap": 0.0}, ValueError, "softcap"),
+        ({"class_weights": [1.0, -1.0]}, ValueError, "class_weights"),
+        ({"chunk_sizes": 4}, ValueError, "did you mean 'chunk_size'"),
+    ],
+)
 def test_constructor_rejects_bad_arguments_naming_them(kwargs, error, match):
     with pytest.raises(error, match=f"(?i){match}"):
         get_loss("causal_lm", **kwargs)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("weight_hidden_size", r"weight.*\(V, H\)"),
-    ("bias_shape", "bias"),
-    ("label_range", r"\[0, 50\)"),
-    ("float_labels", "integer token ids"),
-    ("label_shape", "labels shape"),
-    ("class_weights_length", "class_weights"),
-    ("no_labels", "labels"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("weight_hidden_size", r"weight.*\(V, H\)"),
+        ("bias_shape", "bias"),
+        ("label_range", r"\[0, 50\)"),
+        ("float_labels", "integer token ids"),
+        ("label_shape", "labels shape"),
+        ("class_weights_length", "class_weights"),
+        ("no_labels", "labels"),
+    ],
+)
 def test_call_rejects_bad_inputs_with_clear_messages(case, match):
     hidden, labels, weight, _ = make_inputs()
     loss, kwargs = get_loss("causal_lm"), {"weight": weight}
@@ -354,19 +395,22 @@ def test_registered_with_aliases_and_metadata():
         assert isinstance(get_loss(name), CausalLMLoss)
     description = describe_loss("causal_lm")
     assert {"chunk_size", "label_smoothing", "z_loss", "softcap", "class_weights", "ignore_index"} <= {
-        p.name for p in description.parameters}
+        p.name for p in description.parameters
+    }
     assert description.item_unit == "label" and description.decomposable
-    assert CausalLMLoss.takes_hidden_states is True
+    assert isinstance(get_loss("causal_lm"), HiddenStatesLoss)
 
 
-def test_calling_with_logits_explains_the_call_form():
-    with pytest.raises(TypeError, match="hidden states"):
-        get_loss("causal_lm").loss_sum(torch.randn(2, 5), torch.tensor([1, 2]))
+def test_calling_with_logits_and_labels_only_asks_for_the_head_weight():
+    with pytest.raises(TypeError, match="weight"):
+        get_loss("causal_lm")(torch.randn(2, 5), torch.tensor([1, 2]))
 
 
 def test_losses_module_does_not_import_transformers():
-    code = ("import sys, torch; from hf_losses.losses.language import CausalLMLoss; "
-            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    code = (
+        "import sys, torch; from hf_losses.losses.language import CausalLMLoss; "
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

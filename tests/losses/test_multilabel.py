@@ -71,8 +71,9 @@ def test_bce_mean_is_over_non_ignored_entries_only():
     logits, targets = make_batch(ignore=True)
     valid = targets != -100
     pos_weight = torch.tensor([1.0, 2.0, 0.5, 4.0])
-    per_entry = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), pos_weight=pos_weight,
-                                                   reduction="none")
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, targets.clamp(min=0), pos_weight=pos_weight, reduction="none"
+    )
     torch.testing.assert_close(get_loss("bce", pos_weight=pos_weight)(logits, targets), per_entry[valid].mean())
 
 
@@ -90,9 +91,17 @@ def test_bce_closed_form_at_even_odds():
 
 
 # ------------------------------------------------------------------------------------------------ sigmoid_focal
-@pytest.mark.parametrize("alpha,gamma,soft", [
-    (0.25, 2.0, False), (0.25, 2.0, True), (None, 2.0, False), (0.5, 0.0, False), (0.9, 0.5, True), (0.25, 1.0, False),
-])
+@pytest.mark.parametrize(
+    "alpha,gamma,soft",
+    [
+        (0.25, 2.0, False),
+        (0.25, 2.0, True),
+        (None, 2.0, False),
+        (0.5, 0.0, False),
+        (0.9, 0.5, True),
+        (0.25, 1.0, False),
+    ],
+)
 def test_sigmoid_focal_equals_torchvision_formula_values_and_gradients(alpha, gamma, soft):
     logits, targets = make_batch(shape=(3, 4, 5), soft=soft)
     ours_input, reference_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
@@ -125,16 +134,26 @@ def test_sigmoid_focal_closed_form_at_even_odds():
 
 
 # ------------------------------------------------------------------------------------------------ asl
-@pytest.mark.parametrize("gamma_pos,gamma_neg,clip,detach", [
-    (0.0, 4.0, 0.05, False), (1.0, 4.0, 0.05, False), (1.0, 2.0, 0.0, False), (0.0, 4.0, 0.2, True),
-])
+@pytest.mark.parametrize(
+    "gamma_pos,gamma_neg,clip,detach",
+    [
+        (0.0, 4.0, 0.05, False),
+        (1.0, 4.0, 0.05, False),
+        (1.0, 2.0, 0.0, False),
+        (0.0, 4.0, 0.2, True),
+    ],
+)
 def test_asl_equals_authors_forward_divided_by_entry_count(gamma_pos, gamma_neg, clip, detach):
     logits, targets = make_batch(soft=True, seed=4)
     ours_input, reference_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     loss = get_loss("asl", gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, detach_focusing=detach)
     ours = loss(ours_input, targets)
-    expected = authors_asymmetric_loss(reference_input, targets, gamma_neg, gamma_pos, clip,
-                                       disable_torch_grad_focal_loss=detach) / targets.numel()
+    expected = (
+        authors_asymmetric_loss(
+            reference_input, targets, gamma_neg, gamma_pos, clip, disable_torch_grad_focal_loss=detach
+        )
+        / targets.numel()
+    )
     torch.testing.assert_close(ours, expected)
     ours.backward()
     expected.backward()
@@ -154,5 +173,5 @@ def test_asl_discards_negatives_below_the_clip_probability():
     value.backward()
     assert value.item() == 0.0 and logits.grad.abs().sum() == 0
     # a negative above the clip: p_m = 0.5 - 0.05, loss -p_m^4 log(1 - p_m)
-    expected = -(0.45 ** 4) * math.log(0.55)
+    expected = -(0.45**4) * math.log(0.55)
     assert loss(torch.zeros(1, 1), torch.tensor([[0.0]])).item() == pytest.approx(expected, rel=1e-5)

@@ -87,7 +87,8 @@ def test_hand_computed_two_item_case():
     # identical directions: D = 1 whatever the mass
     loss.set_item_embeddings([[1.0, 1.0], [2.0, 2.0]])
     assert loss(torch.tensor([[0.3, -1.0]]), labels).item() == pytest.approx(
-        F.cross_entropy(torch.tensor([[0.3, -1.0]]), labels).item() + 1.0, rel=1e-6)
+        F.cross_entropy(torch.tensor([[0.3, -1.0]]), labels).item() + 1.0, rel=1e-6
+    )
 
 
 def test_sampled_softmax_equals_loop_with_log_q_correction_and_accidental_hits_masked():
@@ -115,16 +116,29 @@ def test_sampled_negatives_use_global_seed_and_uniform_correction_is_a_shift():
     negatives = torch.multinomial(torch.full((30,), 1 / 30), 5, replacement=True)
     expected = sampled_softmax_cross_entropy(logits, labels, negatives, torch.zeros(30)).mean()
     torch.testing.assert_close(first, expected)
-    popular = get_loss("relevance_diversity", diversity_weight=0.0, sampled_negatives=5,
-                       negative_sampling="popularity", item_popularity=torch.arange(30.0))
+    popular = get_loss(
+        "relevance_diversity",
+        diversity_weight=0.0,
+        sampled_negatives=5,
+        negative_sampling="popularity",
+        item_popularity=torch.arange(30.0),
+    )
     assert torch.isfinite(popular(logits, labels))
 
 
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
 def test_gradcheck_float64(weighting):
     logits, labels, embeddings, counts = _batch(rows=4, items=7)
-    loss = get_loss("relevance_diversity", diversity_weight=0.5, popularity_weight=0.2, item_embeddings=embeddings,
-                    item_popularity=counts, top_k=3, weighting=weighting, initial_log_variance=0.3)
+    loss = get_loss(
+        "relevance_diversity",
+        diversity_weight=0.5,
+        popularity_weight=0.2,
+        item_embeddings=embeddings,
+        item_popularity=counts,
+        top_k=3,
+        weighting=weighting,
+        initial_log_variance=0.3,
+    )
     logits = logits.double().requires_grad_(True)
     assert loss(logits, labels).dtype == torch.float64
     assert torch.autograd.gradcheck(lambda z: loss(z, labels), (logits,), eps=1e-6, atol=1e-5)
@@ -135,8 +149,15 @@ def test_gradient_equal_across_accumulation(weighting):
     """8 rows at once == two calls of 4 rows divided by num_items_in_batch=8 (logits and log-variances)."""
     logits, labels, embeddings, counts = _batch()
     labels[1] = -100
-    kwargs = dict(diversity_weight=0.5, popularity_weight=0.2, item_embeddings=embeddings, item_popularity=counts,
-                  top_k=3, weighting=weighting, initial_log_variance=0.4)
+    kwargs = dict(
+        diversity_weight=0.5,
+        popularity_weight=0.2,
+        item_embeddings=embeddings,
+        item_popularity=counts,
+        top_k=3,
+        weighting=weighting,
+        initial_log_variance=0.4,
+    )
     whole_loss, split_loss = get_loss("relevance_diversity", **kwargs), get_loss("relevance_diversity", **kwargs)
     whole_logits, split_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     whole = whole_loss(whole_logits, labels)
@@ -165,8 +186,13 @@ def test_last_components_add_up_over_micro_batches_to_the_batch_means():
 
 def test_uncertainty_value_is_kendall_formula():
     logits, labels, embeddings, _ = _batch()
-    loss = get_loss("relevance_diversity", diversity_weight=0.5, item_embeddings=embeddings, weighting="uncertainty",
-                    initial_log_variance=0.2)
+    loss = get_loss(
+        "relevance_diversity",
+        diversity_weight=0.5,
+        item_embeddings=embeddings,
+        weighting="uncertainty",
+        initial_log_variance=0.2,
+    )
     with torch.no_grad():
         loss.weighting.log_variances.copy_(torch.tensor([0.2, -0.3, 0.0]))
     value = loss(logits, labels)
@@ -218,48 +244,85 @@ def test_diversity_gradient_spreads_mass_towards_dissimilar_items():
     """Items 0 and 1 are near-duplicates, item 2 is orthogonal: descending D lifts item 2 relative to 0 and 1."""
     embeddings = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.5, 0.5]])
     logits = torch.tensor([[2.0, 1.9, 1.0, -3.0]], requires_grad=True)
-    loss = get_loss("relevance_diversity", relevance_weight=0.0, diversity_weight=1.0, item_embeddings=embeddings,
-                    top_k=3)
+    loss = get_loss(
+        "relevance_diversity", relevance_weight=0.0, diversity_weight=1.0, item_embeddings=embeddings, top_k=3
+    )
     loss(logits, torch.tensor([0])).backward()
     assert logits.grad[0, 2] < 0 < logits.grad[0, 0]
 
 
 def test_schedule_drives_the_diversity_weight():
-    loss = get_loss("relevance_diversity", diversity_weight=1.0, item_embeddings=torch.randn(12, 4),
-                    schedules={"diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 0.5,
-                                             "start_step": 0, "end_step": 100}})
+    loss = get_loss(
+        "relevance_diversity",
+        diversity_weight=1.0,
+        item_embeddings=torch.randn(12, 4),
+        schedules={
+            "diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 0.5, "start_step": 0, "end_step": 100}
+        },
+    )
     weights = []
     for step in (0, 50, 100, 200):
         loss.set_step(step)
         weights.append(loss.component_weights()["diversity"])
     assert weights == pytest.approx([0.0, 0.25, 0.5, 0.5])
-    restored = get_loss("relevance_diversity", diversity_weight=1.0, item_embeddings=torch.randn(12, 4),
-                        schedules={"diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 0.5,
-                                                 "start_step": 0, "end_step": 100}})
+    restored = get_loss(
+        "relevance_diversity",
+        diversity_weight=1.0,
+        item_embeddings=torch.randn(12, 4),
+        schedules={
+            "diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 0.5, "start_step": 0, "end_step": 100}
+        },
+    )
     loss.set_step(30)
     restored.load_state_dict(loss.state_dict())
     assert restored.component_weights()["diversity"] == pytest.approx(0.15)
 
 
-@pytest.mark.parametrize("kwargs,logits_shape,error,match", [
-    ({"top_k": 0}, None, ValueError, "`top_k` must be an int >= 1, got 0"),
-    ({"sampled_negatives": -1}, None, ValueError, "`sampled_negatives` must be an int >= 0"),
-    ({"negative_sampling": "zipf"}, None, ValueError, "'negative_sampling' must be one of 'uniform', 'popularity'"),
-    ({"diversity_weight": -1.0}, None, ValueError, r"`diversity_weight` must be in \[0, inf\]"),
-    ({"weighting": "gradnorm"}, None, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
-    ({"item_popularity": [1.0, -2.0]}, None, ValueError, "every entry of `item_popularity` must be >= 0"),
-    ({"item_embeddings": torch.ones(3)}, None, ValueError, "`item_embeddings` must be 2-D"),
-    ({"item_embeddings": [1.0, 2.0]}, None, TypeError, "'item_embeddings' must be"),
-    ({"schedules": {"novelty": 1.0}}, None, ValueError, r"`schedules` names \['novelty'\] which are not components"),
-    ({}, (8, 12), ValueError, "needs `item_embeddings`; pass item_embeddings=... at construction or call "
-                              r"loss.set_item_embeddings\(...\)"),
-    ({"item_embeddings": torch.randn(5, 2)}, (8, 12), ValueError, "`item_embeddings` has 5 rows but the logits "
-                                                                   "score 12 items"),
-    ({"diversity_weight": 0.0, "top_k": 20, "popularity_weight": 1.0, "item_popularity": torch.ones(12)}, (8, 12),
-     ValueError, "`top_k`=20 exceeds the catalogue size 12"),
-    ({"diversity_weight": 0.0, "sampled_negatives": 12}, (8, 12), ValueError, "`sampled_negatives`=12 must be below"),
-    ({"diversity_weight": 0.0}, (8, 12, 3), ValueError, r"`logits` must be \(N, num_items\) scores"),
-])
+@pytest.mark.parametrize(
+    "kwargs,logits_shape,error,match",
+    [
+        ({"top_k": 0}, None, ValueError, "`top_k` must be an int >= 1, got 0"),
+        ({"sampled_negatives": -1}, None, ValueError, "`sampled_negatives` must be an int >= 0"),
+        ({"negative_sampling": "zipf"}, None, ValueError, "'negative_sampling' must be one of 'uniform', 'popularity'"),
+        ({"diversity_weight": -1.0}, None, ValueError, r"`diversity_weight` must be in \[0, inf\]"),
+        ({"weighting": "gradnorm"}, None, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
+        ({"item_popularity": [1.0, -2.0]}, None, ValueError, "every entry of `item_popularity` must be >= 0"),
+        ({"item_embeddings": torch.ones(3)}, None, ValueError, "`item_embeddings` must be 2-D"),
+        ({"item_embeddings": [1.0, 2.0]}, None, TypeError, "'item_embeddings' must be"),
+        (
+            {"schedules": {"novelty": 1.0}},
+            None,
+            ValueError,
+            r"`schedules` names \['novelty'\] which are not components",
+        ),
+        (
+            {},
+            (8, 12),
+            ValueError,
+            "needs `item_embeddings`; pass item_embeddings=... at construction or call "
+            r"loss.set_item_embeddings\(...\)",
+        ),
+        (
+            {"item_embeddings": torch.randn(5, 2)},
+            (8, 12),
+            ValueError,
+            "`item_embeddings` has 5 rows but the logits score 12 items",
+        ),
+        (
+            {"diversity_weight": 0.0, "top_k": 20, "popularity_weight": 1.0, "item_popularity": torch.ones(12)},
+            (8, 12),
+            ValueError,
+            "`top_k`=20 exceeds the catalogue size 12",
+        ),
+        (
+            {"diversity_weight": 0.0, "sampled_negatives": 12},
+            (8, 12),
+            ValueError,
+            "`sampled_negatives`=12 must be below",
+        ),
+        ({"diversity_weight": 0.0}, (8, 12, 3), ValueError, r"`logits` must be \(N, num_items\) scores"),
+    ],
+)
 def test_invalid_arguments_raise_naming_the_parameter(kwargs, logits_shape, error, match):
     if logits_shape is None:
         with pytest.raises(error, match=match):
@@ -275,5 +338,11 @@ def test_registered_with_summary_reference_and_alias():
     description = describe_loss("recommendation")
     assert description.name == "relevance_diversity"
     assert "Rao 1982" in description.reference and description.item_unit == "label"
-    assert {p.name for p in description.parameters} >= {"diversity_weight", "top_k", "item_embeddings", "schedules",
-                                                         "weighting", "sampled_negatives"}
+    assert {p.name for p in description.parameters} >= {
+        "diversity_weight",
+        "top_k",
+        "item_embeddings",
+        "schedules",
+        "weighting",
+        "sampled_negatives",
+    }

@@ -4,13 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_losses import get_loss
+from hf_losses import describe_loss, get_loss
 
 
-@pytest.mark.parametrize("name,kwargs,reference", [
-    ("mse", {}, lambda x, y: F.mse_loss(x, y)),
-    ("huber", {"delta": 0.5}, lambda x, y: F.huber_loss(x, y, delta=0.5)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,reference",
+    [
+        ("mse", {}, lambda x, y: F.mse_loss(x, y)),
+        ("huber", {"delta": 0.5}, lambda x, y: F.huber_loss(x, y, delta=0.5)),
+    ],
+)
 def test_equals_torch_and_decomposes(name, kwargs, reference):
     torch.manual_seed(0)
     predictions, targets = torch.randn(8, 3) * 2, torch.randn(8, 3)
@@ -37,3 +40,15 @@ def test_huber_rejects_non_positive_delta():
 def test_integer_targets_are_refused():
     with pytest.raises(TypeError, match="loss 'mse'.*float"):
         get_loss("mse")(torch.randn(2, 1), torch.tensor([[1], [2]]))
+
+
+@pytest.mark.parametrize("name", ["mse", "huber"])
+def test_labels_are_real_valued_targets(name):
+    assert describe_loss(name).label_kind == "target"
+
+
+def test_composite_may_mix_regression_and_multi_label_float_targets():
+    predictions, targets = torch.randn(4, 3), torch.rand(4, 3)
+    loss = get_loss("0.5*mse+0.5*bce")
+    expected = 0.5 * F.mse_loss(predictions, targets) + 0.5 * F.binary_cross_entropy_with_logits(predictions, targets)
+    torch.testing.assert_close(loss(predictions, targets), expected)

@@ -12,57 +12,78 @@ OWNER = "loss 'test'"
 
 
 def _linear(start_value, end_value, start_step, end_step, kind="linear"):
-    return {"schedule": kind, "start_value": start_value, "end_value": end_value, "start_step": start_step,
-            "end_step": end_step}
+    return {
+        "schedule": kind,
+        "start_value": start_value,
+        "end_value": end_value,
+        "start_step": start_step,
+        "end_step": end_step,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- schedules
-@pytest.mark.parametrize("config,step,expected", [
-    (0.3, 0, 0.3),
-    (0.3, 10_000, 0.3),
-    ({"schedule": "constant", "value": 0.7}, 5, 0.7),
-    (_linear(0.0, 0.5, 0, 1000), 0, 0.0),
-    (_linear(0.0, 0.5, 0, 1000), 250, 0.125),
-    (_linear(0.0, 0.5, 0, 1000), 1000, 0.5),
-    (_linear(0.0, 0.5, 0, 1000), 5000, 0.5),
-    (_linear(1.0, 0.0, 100, 200), 50, 1.0),  # before the ramp: start value
-    (_linear(1.0, 0.0, 100, 200), 150, 0.5),
-    (_linear(1.0, 0.0, 100, 200), 175, 0.25),
-    (_linear(0.0, 1.0, 0, 100, "cosine"), 0, 0.0),
-    (_linear(0.0, 1.0, 0, 100, "cosine"), 25, (1 - math.cos(math.pi / 4)) / 2),
-    (_linear(0.0, 1.0, 0, 100, "cosine"), 50, 0.5),
-    (_linear(0.0, 1.0, 0, 100, "cosine"), 100, 1.0),
-    (_linear(2.0, 1.0, 10, 20, "cosine"), 15, 1.5),
-    (_linear(2.0, 1.0, 10, 20, "cosine"), 12, 2.0 - (1 - math.cos(math.pi * 0.2)) / 2),
-])
+@pytest.mark.parametrize(
+    "config,step,expected",
+    [
+        (0.3, 0, 0.3),
+        (0.3, 10_000, 0.3),
+        ({"schedule": "constant", "value": 0.7}, 5, 0.7),
+        (_linear(0.0, 0.5, 0, 1000), 0, 0.0),
+        (_linear(0.0, 0.5, 0, 1000), 250, 0.125),
+        (_linear(0.0, 0.5, 0, 1000), 1000, 0.5),
+        (_linear(0.0, 0.5, 0, 1000), 5000, 0.5),
+        (_linear(1.0, 0.0, 100, 200), 50, 1.0),  # before the ramp: start value
+        (_linear(1.0, 0.0, 100, 200), 150, 0.5),
+        (_linear(1.0, 0.0, 100, 200), 175, 0.25),
+        (_linear(0.0, 1.0, 0, 100, "cosine"), 0, 0.0),
+        (_linear(0.0, 1.0, 0, 100, "cosine"), 25, (1 - math.cos(math.pi / 4)) / 2),
+        (_linear(0.0, 1.0, 0, 100, "cosine"), 50, 0.5),
+        (_linear(0.0, 1.0, 0, 100, "cosine"), 100, 1.0),
+        (_linear(2.0, 1.0, 10, 20, "cosine"), 15, 1.5),
+        (_linear(2.0, 1.0, 10, 20, "cosine"), 12, 2.0 - (1 - math.cos(math.pi * 0.2)) / 2),
+    ],
+)
 def test_schedule_gives_documented_weight_at_step(config, step, expected):
     assert WeightSchedule.from_config(OWNER, "dice", config).value(step) == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("config,error,match", [
-    ("linear", TypeError, r"`schedules\['dice'\]` must be a number or a dict"),
-    ({"schedule": "exponential"}, ValueError, r"`schedules\['dice'\]\['schedule'\]` must be one of "
-                                               r"\['constant', 'linear', 'cosine'\], got 'exponential'"),
-    ({"schedule": "linear", "start_value": 0.0, "end_value": 1.0}, ValueError, r"missing \['start_step', 'end_step'\]"),
-    (_linear(0.0, 1.0, 10, 10), ValueError, "needs end_step > start_step, got start_step=10, end_step=10"),
-    (_linear(0.0, 1.0, -1, 10), ValueError, r"`schedules\['dice'\]\['start_step'\]` must be an int >= 0, got -1"),
-    (_linear(0.0, 1.0, 0, 10.5), ValueError, r"\['end_step'\]` must be an int >= 0, got 10.5"),
-    (_linear(-1.0, 1.0, 0, 10), ValueError, r"\['start_value'\]` must be in \[0, inf\], got -1"),
-    ({**_linear(0.0, 1.0, 0, 10), "warmup": 3}, ValueError, r"unknown keys \['warmup'\]"),
-    ({"schedule": "constant", "value": 1.0, "end_value": 2.0}, ValueError, r"unknown keys \['end_value'\]"),
-])
+@pytest.mark.parametrize(
+    "config,error,match",
+    [
+        ("linear", TypeError, r"`schedules\['dice'\]` must be a number or a dict"),
+        (
+            {"schedule": "exponential"},
+            ValueError,
+            r"`schedules\['dice'\]\['schedule'\]` must be one of "
+            r"\['constant', 'linear', 'cosine'\], got 'exponential'",
+        ),
+        (
+            {"schedule": "linear", "start_value": 0.0, "end_value": 1.0},
+            ValueError,
+            r"missing \['start_step', 'end_step'\]",
+        ),
+        (_linear(0.0, 1.0, 10, 10), ValueError, "needs end_step > start_step, got start_step=10, end_step=10"),
+        (_linear(0.0, 1.0, -1, 10), ValueError, r"`schedules\['dice'\]\['start_step'\]` must be an int >= 0, got -1"),
+        (_linear(0.0, 1.0, 0, 10.5), ValueError, r"\['end_step'\]` must be an int >= 0, got 10.5"),
+        (_linear(-1.0, 1.0, 0, 10), ValueError, r"\['start_value'\]` must be in \[0, inf\], got -1"),
+        ({**_linear(0.0, 1.0, 0, 10), "warmup": 3}, ValueError, r"unknown keys \['warmup'\]"),
+        ({"schedule": "constant", "value": 1.0, "end_value": 2.0}, ValueError, r"unknown keys \['end_value'\]"),
+    ],
+)
 def test_invalid_schedule_raises_naming_the_key(config, error, match):
     with pytest.raises(error, match=match):
         WeightSchedule.from_config(OWNER, "dice", config)
 
 
 def test_schedule_multiplies_the_static_weight_and_state_resumes_mid_schedule():
-    weighting = ComponentWeighting(OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5},
-                                   schedules={"dice": _linear(0.0, 1.0, 0, 1000)})
+    weighting = ComponentWeighting(
+        OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5}, schedules={"dice": _linear(0.0, 1.0, 0, 1000)}
+    )
     weighting.set_step(400)
     assert weighting.effective_weights() == pytest.approx({"ce": 1.0, "dice": 0.2})
-    resumed = ComponentWeighting(OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5},
-                                 schedules={"dice": _linear(0.0, 1.0, 0, 1000)})
+    resumed = ComponentWeighting(
+        OWNER, ["ce", "dice"], {"ce": 1.0, "dice": 0.5}, schedules={"dice": _linear(0.0, 1.0, 0, 1000)}
+    )
     resumed.load_state_dict(weighting.state_dict())
     assert int(resumed.step) == 400 and resumed.effective_weights() == weighting.effective_weights()
     for step in (401, 700, 1200):
@@ -104,15 +125,18 @@ def _dwa_run(weighting, losses_per_step, calls_per_step=1, start=0):
         observed.append(dict(weighting.effective_weights()))
         for _ in range(calls_per_step):
             # each micro-batch holds 1/calls of the step's items: its value is its share of the step's mean
-            values = {"a": torch.tensor(loss_a / calls_per_step, requires_grad=True),
-                      "b": torch.tensor(loss_b / calls_per_step, requires_grad=True)}
+            values = {
+                "a": torch.tensor(loss_a / calls_per_step, requires_grad=True),
+                "b": torch.tensor(loss_b / calls_per_step, requires_grad=True),
+            }
             weighting.combine(values, {"a": 1.0 / calls_per_step, "b": 1.0 / calls_per_step})
     return observed
 
 
 def test_dwa_weights_from_period_means_by_hand():
-    weighting = ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="dwa", temperature=2.0,
-                                   dwa_period_steps=2)
+    weighting = ComponentWeighting(
+        OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, weighting="dwa", temperature=2.0, dwa_period_steps=2
+    )
     # periods of 2 steps: means a = 4, 2, 1.5 and b = 1, 1, 1.2
     steps = [(4.0, 1.0), (4.0, 1.0), (2.0, 1.0), (2.0, 1.0), (1.0, 1.0), (2.0, 1.4), (9.0, 9.0)]
     observed = _dwa_run(weighting, steps)
@@ -139,8 +163,9 @@ def test_dwa_state_round_trips_mid_period_and_is_independent_of_accumulation():
     resumed.load_state_dict(first.state_dict())
     observed += _dwa_run(resumed, steps[4:], start=4)
     assert observed == reference and reference[-1] != {"a": 1.0, "b": 1.0}
-    accumulated = _dwa_run(ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs), steps,
-                           calls_per_step=4)
+    accumulated = _dwa_run(
+        ComponentWeighting(OWNER, ["a", "b"], {"a": 1.0, "b": 1.0}, **kwargs), steps, calls_per_step=4
+    )
     assert [pytest.approx(weights) for weights in accumulated] == reference
 
 
@@ -208,16 +233,18 @@ def test_composite_schedule_from_the_string_form_multiplies_the_weight():
 
     logits, labels = _classification_batch()
     cross_entropy, focal = _reference_components(logits, labels)
-    loss = get_loss("cross_entropy+0.5*focal", focal={"gamma": 2.0},
-                    schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")})
+    loss = get_loss(
+        "cross_entropy+0.5*focal", focal={"gamma": 2.0}, schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")}
+    )
     loss.set_step(0)
     torch.testing.assert_close(loss(logits, labels), cross_entropy)
     loss.set_step(50)
     assert loss.component_weights() == pytest.approx({"cross_entropy": 1.0, "focal": 0.25})
     torch.testing.assert_close(loss(logits, labels), cross_entropy + 0.25 * focal)
     torch.testing.assert_close(loss.last_components["focal"], focal)
-    resumed = get_loss("cross_entropy+0.5*focal", focal={"gamma": 2.0},
-                       schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")})
+    resumed = get_loss(
+        "cross_entropy+0.5*focal", focal={"gamma": 2.0}, schedules={"focal": _linear(0.0, 1.0, 0, 100, "cosine")}
+    )
     resumed.load_state_dict(loss.state_dict())
     assert resumed.component_weights() == loss.component_weights()
 
@@ -227,8 +254,12 @@ def test_composite_uncertainty_is_kendall_formula_with_one_parameter_per_compone
 
     logits, labels = _classification_batch()
     cross_entropy, focal = _reference_components(logits, labels)
-    loss = get_loss("composite", components={"cross_entropy": {}, "focal": {"gamma": 2.0}},
-                    weights={"focal": 2.0}, weighting="uncertainty")
+    loss = get_loss(
+        "composite",
+        components={"cross_entropy": {}, "focal": {"gamma": 2.0}},
+        weights={"focal": 2.0},
+        weighting="uncertainty",
+    )
     assert [name for name, _ in loss.named_parameters()] == ["weighting.log_variances"]
     with torch.no_grad():
         loss.weighting.log_variances.copy_(torch.tensor([0.4, -0.2]))
@@ -243,8 +274,9 @@ def test_composite_gradient_equal_across_accumulation(weighting):
     from hf_losses import get_loss
 
     logits, labels = _classification_batch()
-    kwargs = dict(components={"cross_entropy": {}, "focal": {"gamma": 2.0}}, weighting=weighting,
-                  initial_log_variance=0.3)
+    kwargs = dict(
+        components={"cross_entropy": {}, "focal": {"gamma": 2.0}}, weighting=weighting, initial_log_variance=0.3
+    )
     whole_loss, split_loss = get_loss("composite", **kwargs), get_loss("composite", **kwargs)
     whole_logits, split_logits = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     whole_loss(whole_logits, labels).backward()
@@ -255,8 +287,10 @@ def test_composite_gradient_equal_across_accumulation(weighting):
     for whole_parameter, split_parameter in zip(whole_loss.parameters(), split_loss.parameters()):
         torch.testing.assert_close(split_parameter.grad, whole_parameter.grad, rtol=1e-5, atol=1e-7)
     if weighting == "dwa":  # the running sums hold the same means
-        torch.testing.assert_close(split_loss.weighting.dwa_sums / split_loss.weighting.dwa_counts,
-                                   whole_loss.weighting.dwa_sums / whole_loss.weighting.dwa_counts)
+        torch.testing.assert_close(
+            split_loss.weighting.dwa_sums / split_loss.weighting.dwa_counts,
+            whole_loss.weighting.dwa_sums / whole_loss.weighting.dwa_counts,
+        )
 
 
 def test_composite_uncertainty_all_ignored_gives_zero_with_zero_gradient():
@@ -270,13 +304,16 @@ def test_composite_uncertainty_all_ignored_gives_zero_with_zero_gradient():
     assert loss.weighting.log_variances.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"schedules": {"dice": 1.0}}, ValueError, r"`schedules` names \['dice'\] which are not components"),
-    ({"weighting": "gradnorm"}, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
-    ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\]"),
-    ({"dwa_period_steps": 0}, ValueError, "`dwa_period_steps` must be an int >= 1, got 0"),
-    ({"schedules": {"focal": {"schedule": "linear"}}}, ValueError, r"missing \['start_value'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"schedules": {"dice": 1.0}}, ValueError, r"`schedules` names \['dice'\] which are not components"),
+        ({"weighting": "gradnorm"}, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
+        ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\]"),
+        ({"dwa_period_steps": 0}, ValueError, "`dwa_period_steps` must be an int >= 1, got 0"),
+        ({"schedules": {"focal": {"schedule": "linear"}}}, ValueError, r"missing \['start_value'"),
+    ],
+)
 def test_composite_invalid_weighting_arguments_raise(kwargs, error, match):
     from hf_losses import get_loss
 

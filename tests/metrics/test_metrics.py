@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
+import evaluate
 import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-import evaluate
 from hf_losses.metrics import METRICS, functional, load_metric, metric_path
 
 
@@ -42,10 +42,12 @@ def test_unknown_metric_name_suggests_the_close_one():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_classification_metrics_equal_scikit_learn(loaded, seed):
     predictions, references = random_pairs(seed)
-    assert loaded["accuracy"].compute(predictions=predictions, references=references)["accuracy"] == \
-        pytest.approx(sk.accuracy_score(references, predictions))
-    assert loaded["macro_f1"].compute(predictions=predictions, references=references)["macro_f1"] == \
-        pytest.approx(sk.f1_score(references, predictions, average="macro"))
+    assert loaded["accuracy"].compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(
+        sk.accuracy_score(references, predictions)
+    )
+    assert loaded["macro_f1"].compute(predictions=predictions, references=references)["macro_f1"] == pytest.approx(
+        sk.f1_score(references, predictions, average="macro")
+    )
     recall = loaded["per_class_recall"].compute(predictions=predictions, references=references)
     expected = sk.recall_score(references, predictions, average=None, labels=[0, 1, 2, 3])
     assert [recall[f"recall_{c}"] for c in range(4)] == pytest.approx(expected.tolist())
@@ -60,8 +62,9 @@ def test_macro_f1_over_num_classes_counts_a_never_seen_class_as_zero(loaded):
 
 
 def test_per_class_recall_uses_label_names_and_drops_ignored(loaded):
-    result = loaded["per_class_recall"].compute(predictions=[0, 0, 1, 1, 0], references=[0, 1, 1, -100, 0],
-                                                label_names=["rotten", "fresh"])
+    result = loaded["per_class_recall"].compute(
+        predictions=[0, 0, 1, 1, 0], references=[0, 1, 1, -100, 0], label_names=["rotten", "fresh"]
+    )
     # rotten: 2 of 2 found; fresh: 1 of 2 found (the -100 entry is dropped)
     assert result == pytest.approx({"recall_rotten": 1.0, "recall_fresh": 0.5, "balanced_accuracy": 0.75})
 
@@ -77,8 +80,9 @@ COST_CASES = [
 
 
 @pytest.mark.parametrize("predictions,references,cost_matrix,sensitivity,specificity,cost", COST_CASES)
-def test_expected_cost_matches_hand_computed_cases(loaded, predictions, references, cost_matrix, sensitivity,
-                                                   specificity, cost):
+def test_expected_cost_matches_hand_computed_cases(
+    loaded, predictions, references, cost_matrix, sensitivity, specificity, cost
+):
     result = loaded["expected_cost"].compute(predictions=predictions, references=references, cost_matrix=cost_matrix)
     assert result == pytest.approx({"sensitivity": sensitivity, "specificity": specificity, "expected_cost": cost})
 
@@ -90,16 +94,18 @@ def test_expected_cost_equals_the_cost_sensitive_module_reference(loaded):
     ours = loaded["expected_cost"].compute(predictions=predictions, references=references, cost_matrix=cost_matrix)
     assert ours["expected_cost"] == pytest.approx(torch_expected_cost(predictions, references, cost_matrix))
     # sensitivity of class 2 = its recall, specificity = recall of "not 2"
-    result = loaded["expected_cost"].compute(predictions=predictions, references=references, cost_matrix=cost_matrix,
-                                             positive_label=2)
+    result = loaded["expected_cost"].compute(
+        predictions=predictions, references=references, cost_matrix=cost_matrix, positive_label=2
+    )
     assert result["sensitivity"] == pytest.approx(sk.recall_score(references == 2, predictions == 2))
     assert result["specificity"] == pytest.approx(sk.recall_score(references != 2, predictions != 2))
 
 
 def test_expected_cost_rejects_a_cost_matrix_of_the_wrong_size(loaded):
     with pytest.raises(ValueError, match="3 classes"):
-        loaded["expected_cost"].compute(predictions=[0, 1, 2], references=[0, 1, 2], cost_matrix=[[0, 1], [1, 0]],
-                                        num_classes=3)
+        loaded["expected_cost"].compute(
+            predictions=[0, 1, 2], references=[0, 1, 2], cost_matrix=[[0, 1], [1, 0]], num_classes=3
+        )
 
 
 def test_dice_iou_hand_computed_two_by_two():
@@ -118,8 +124,9 @@ def test_dice_iou_pooled_over_images_equal_scikit_learn_per_class_f1_and_jaccard
     references = rng.integers(0, 3, (4, 8, 8))
     predictions = np.where(rng.random((4, 8, 8)) < 0.7, references, rng.integers(0, 3, (4, 8, 8)))
     references[0, 0, :4] = -100
-    result = load_metric("dice_iou").compute(predictions=list(predictions), references=list(references),
-                                             include_background=True)
+    result = load_metric("dice_iou").compute(
+        predictions=list(predictions), references=list(references), include_background=True
+    )
     keep = references.reshape(-1) != -100
     flat_true, flat_pred = references.reshape(-1)[keep], predictions.reshape(-1)[keep]
     dice = sk.f1_score(flat_true, flat_pred, average=None, labels=[0, 1, 2])
@@ -135,19 +142,34 @@ def test_dice_of_a_class_absent_everywhere_is_one_not_nan():
 
 
 def test_combine_returns_every_module_s_keys_and_routes_options(loaded):
-    combined = evaluate.combine([load_metric("accuracy"), load_metric("macro_f1"), load_metric("per_class_recall"),
-                                 load_metric("expected_cost")])
+    combined = evaluate.combine(
+        [
+            load_metric("accuracy"),
+            load_metric("macro_f1"),
+            load_metric("per_class_recall"),
+            load_metric("expected_cost"),
+        ]
+    )
     result = combined.compute(predictions=[0, 0, 1, 1], references=[1, 0, 1, 0], cost_matrix=[[0, 1], [10, 0]])
-    assert result == pytest.approx({"accuracy": 0.5, "macro_f1": 0.5, "recall_0": 0.5, "recall_1": 0.5,
-                                    "balanced_accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5,
-                                    "expected_cost": 2.75})
+    assert result == pytest.approx(
+        {
+            "accuracy": 0.5,
+            "macro_f1": 0.5,
+            "recall_0": 0.5,
+            "recall_1": 0.5,
+            "balanced_accuracy": 0.5,
+            "sensitivity": 0.5,
+            "specificity": 0.5,
+            "expected_cost": 2.75,
+        }
+    )
 
 
 def test_metrics_accumulate_batches_like_evaluate_metrics(loaded):
     module = load_metric("macro_f1")
     predictions, references = random_pairs(7)
     for start in range(0, len(references), 50):
-        module.add_batch(predictions=predictions[start:start + 50], references=references[start:start + 50])
+        module.add_batch(predictions=predictions[start : start + 50], references=references[start : start + 50])
     assert module.compute()["macro_f1"] == pytest.approx(sk.f1_score(references, predictions, average="macro"))
 
 

@@ -43,13 +43,35 @@ def build_model(name: str, seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     if name == "gpt2_tied":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB_SIZE, n_embd=8, n_layer=1, n_head=2, n_positions=16,
-                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                          bos_token_id=0, eos_token_id=0))
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=8, intermediate_size=16,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         max_position_embeddings=16, tie_word_embeddings=False,
-                                         bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=VOCAB_SIZE,
+                n_embd=8,
+                n_layer=1,
+                n_head=2,
+                n_positions=16,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=16,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     if name == "llama":
         return model
     from peft import LoraConfig, get_peft_model
@@ -92,13 +114,15 @@ class HeadOutputShapes:
 def run_trainer(name: str, batch_size: int, accumulation: int, output_dir: str, **overrides: Any):
     from hf_losses import LossTrainer
 
-    args = training_arguments(output_dir, batch_size, accumulation, loss_type="causal_lm", loss_task="causal_lm",
-                              **overrides)
+    args = training_arguments(
+        output_dir, batch_size, accumulation, loss_type="causal_lm", loss_task="causal_lm", **overrides
+    )
     capture = GradientCapture()
     model = build_model(name)
     shapes = HeadOutputShapes(model)
-    trainer = LossTrainer(model=model, args=args, train_dataset=build_dataset("causal_lm", NUM_SAMPLES),
-                          callbacks=[capture])
+    trainer = LossTrainer(
+        model=model, args=args, train_dataset=build_dataset("causal_lm", NUM_SAMPLES), callbacks=[capture]
+    )
     trainer.train()
     return capture.gradients, shapes.shapes, trainer
 
@@ -124,8 +148,12 @@ def test_loss_options_reach_the_loss_and_match_their_formula(tmp_path):
     options = {"label_smoothing": 0.1, "z_loss": 1e-2}
     args = training_arguments(str(tmp_path), 8, 1, loss_type="causal_lm", loss_task="causal_lm", loss_kwargs=options)
     capture = GradientCapture()
-    LossTrainer(model=build_model("llama"), args=args, train_dataset=build_dataset("causal_lm", NUM_SAMPLES),
-                callbacks=[capture]).train()
+    LossTrainer(
+        model=build_model("llama"),
+        args=args,
+        train_dataset=build_dataset("causal_lm", NUM_SAMPLES),
+        callbacks=[capture],
+    ).train()
     model = build_model("llama")
     batch = as_batch("causal_lm", NUM_SAMPLES)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.reshape(-1, VOCAB_SIZE)
@@ -140,10 +168,12 @@ def test_loss_options_reach_the_loss_and_match_their_formula(tmp_path):
 def test_evaluation_loss_equals_stock_loss(tmp_path):
     from hf_losses import LossTrainer
 
-    args = training_arguments(str(tmp_path), 8, 1, loss_type="causal_lm", loss_task="causal_lm",
-                              per_device_eval_batch_size=NUM_SAMPLES)
-    trainer = LossTrainer(model=build_model("gpt2_tied"), args=args,
-                          eval_dataset=build_dataset("causal_lm", NUM_SAMPLES))
+    args = training_arguments(
+        str(tmp_path), 8, 1, loss_type="causal_lm", loss_task="causal_lm", per_device_eval_batch_size=NUM_SAMPLES
+    )
+    trainer = LossTrainer(
+        model=build_model("gpt2_tied"), args=args, eval_dataset=build_dataset("causal_lm", NUM_SAMPLES)
+    )
     metrics = trainer.evaluate()
     with torch.no_grad():
         expected = build_model("gpt2_tied")(**as_batch("causal_lm", NUM_SAMPLES)).loss
@@ -154,8 +184,9 @@ def test_lora_on_the_head_is_refused_with_a_clear_message(tmp_path):
     from hf_losses import LossTrainer
 
     args = training_arguments(str(tmp_path), 8, 1, loss_type="causal_lm", loss_task="causal_lm")
-    trainer = LossTrainer(model=build_model("llama_lora_on_head"), args=args,
-                          train_dataset=build_dataset("causal_lm", NUM_SAMPLES))
+    trainer = LossTrainer(
+        model=build_model("llama_lora_on_head"), args=args, train_dataset=build_dataset("causal_lm", NUM_SAMPLES)
+    )
     with pytest.raises(NotImplementedError, match="lm_head"):
         trainer.train()
 
@@ -183,9 +214,20 @@ def test_models_that_rescale_logits_after_the_head_are_refused_unless_matched():
     from hf_losses import get_loss
     from hf_losses.trainers.hidden_states import check_logit_processing, lm_hidden_states_and_head
 
-    config = Gemma2Config(vocab_size=VOCAB_SIZE, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=4, final_logit_softcapping=5.0,
-                          max_position_embeddings=16, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = Gemma2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=4,
+        final_logit_softcapping=5.0,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config)
     with pytest.raises(ValueError, match="final_logit_softcapping"):
@@ -208,9 +250,15 @@ def _launch(mode: str) -> list[dict]:
     if mode == "ddp":
         completed = launch(__file__, "ddp", nproc=2, env=env, timeout=600)
     else:
-        completed = launch(__file__, "deepspeed", nproc=2, launcher="accelerate", env=env,
-                            accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
-                            timeout=840)
+        completed = launch(
+            __file__,
+            "deepspeed",
+            nproc=2,
+            launcher="accelerate",
+            env=env,
+            accelerate_config=REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml",
+            timeout=840,
+        )
     return read_json_lines(completed.stdout)
 
 
@@ -245,8 +293,7 @@ def test_two_process_deepspeed_zero2_and_zero3_gradient_equals_single_process():
         assert record["zero_stage"] == int(record["config"][-1])
     zero3 = [r for r in records if r["config"] == "zero3"]
     assert zero3 and all(r["head_partitioned"] for r in zero3)  # ZeRO-3 really shards the LM head
-    _check_records(records, [(config, "gpt2_tied") for config in ("zero2", "zero3")]
-                   + [("zero3", "llama")])
+    _check_records(records, [(config, "gpt2_tied") for config in ("zero2", "zero3")] + [("zero3", "llama")])
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -272,8 +319,15 @@ def _deepspeed_gradient_probe(trainer: Any, gradients: list) -> None:
 
             def step(*step_args: Any, **step_kwargs: Any) -> Any:
                 if engine.is_gradient_accumulation_boundary():
-                    gradients.append(torch.cat([safe_get_full_grad(p).detach().reshape(-1).double().cpu()
-                                                for _, p in model.named_parameters() if p.requires_grad]))
+                    gradients.append(
+                        torch.cat(
+                            [
+                                safe_get_full_grad(p).detach().reshape(-1).double().cpu()
+                                for _, p in model.named_parameters()
+                                if p.requires_grad
+                            ]
+                        )
+                    )
                 return original_step(*step_args, **step_kwargs)
 
             engine.step = step
@@ -286,28 +340,47 @@ def _worker_case(config: str, name: str, batch_size: int, accumulation: int, out
 
     deepspeed = config != "ddp"
     overrides = dict(use_cpu=False, optim="adamw_torch", max_steps=1) if deepspeed else {}
-    args = training_arguments(os.path.join(output_dir, f"{config}_{name}"), batch_size, accumulation,
-                              loss_type="causal_lm", loss_task="causal_lm", **overrides)
+    args = training_arguments(
+        os.path.join(output_dir, f"{config}_{name}"),
+        batch_size,
+        accumulation,
+        loss_type="causal_lm",
+        loss_task="causal_lm",
+        **overrides,
+    )
     model = build_model(name)
     shapes = HeadOutputShapes(model)
     capture = GradientCapture()
-    trainer = LossTrainer(model=model, args=args, train_dataset=build_dataset("causal_lm", NUM_SAMPLES),
-                          callbacks=[] if deepspeed else [capture])
+    trainer = LossTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_dataset("causal_lm", NUM_SAMPLES),
+        callbacks=[] if deepspeed else [capture],
+    )
     gradients = capture.gradients
     if deepspeed:
         gradients = []
         _deepspeed_gradient_probe(trainer, gradients)
     trainer.train()
-    head_weight = trainer.model.get_output_embeddings().weight if hasattr(trainer.model, "get_output_embeddings") \
-        else None
-    return {"config": config, "model": name, "world_size": trainer.args.world_size,
-            "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
-            "wrapper": type(trainer.model_wrapped).__name__,
-            "zero_stage": getattr(getattr(trainer.accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
-            "head_partitioned": bool(head_weight is not None and getattr(head_weight, "ds_tensor", None) is not None
-                                     and head_weight.ds_tensor.numel() < head_weight.ds_numel),
-            "steps": len(gradients), "gradient": gradients[0].tolist() if gradients else [],
-            "head_shapes": shapes.shapes}
+    head_weight = (
+        trainer.model.get_output_embeddings().weight if hasattr(trainer.model, "get_output_embeddings") else None
+    )
+    return {
+        "config": config,
+        "model": name,
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
+        "wrapper": type(trainer.model_wrapped).__name__,
+        "zero_stage": getattr(getattr(trainer.accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
+        "head_partitioned": bool(
+            head_weight is not None
+            and getattr(head_weight, "ds_tensor", None) is not None
+            and head_weight.ds_tensor.numel() < head_weight.ds_numel
+        ),
+        "steps": len(gradients),
+        "gradient": gradients[0].tolist() if gradients else [],
+        "head_shapes": shapes.shapes,
+    }
 
 
 def worker(mode: str) -> None:

@@ -18,18 +18,33 @@ from hf_losses import LossTrainer, LossTrainingArguments, __version__
 
 TASK = "sequence_classification"
 STATEFUL_KWARGS = {
-    "top_k": 2, "diversity_weight": 0.3, "weighting": "uncertainty", "initial_log_variance": 0.1,
+    "top_k": 2,
+    "diversity_weight": 0.3,
+    "weighting": "uncertainty",
+    "initial_log_variance": 0.1,
     "item_embeddings": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
-    "schedules": {"diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 1.0, "start_step": 0,
-                                "end_step": 6}},
+    "schedules": {
+        "diversity": {"schedule": "linear", "start_value": 0.0, "end_value": 1.0, "start_step": 0, "end_step": 6}
+    },
 }
 
 
 def make_args(output_dir, **overrides) -> LossTrainingArguments:
-    defaults = dict(output_dir=str(output_dir), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                    learning_rate=0.05, num_train_epochs=2, report_to=[], save_strategy="no", logging_steps=1,
-                    use_cpu=True, seed=3, disable_tqdm=True, loss_type="relevance_diversity",
-                    loss_kwargs=STATEFUL_KWARGS)
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=0.05,
+        num_train_epochs=2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        seed=3,
+        disable_tqdm=True,
+        loss_type="relevance_diversity",
+        loss_kwargs=STATEFUL_KWARGS,
+    )
     defaults.update(overrides)
     return LossTrainingArguments(**defaults)
 
@@ -44,14 +59,19 @@ class StopAt(TrainerCallback):
 
 
 def final_state(trainer: LossTrainer) -> tuple[torch.Tensor, torch.Tensor]:
-    model = torch.cat([p.detach().reshape(-1) for n, p in trainer.model.named_parameters()
-                       if not n.startswith("hf_losses_loss.")])
+    model = torch.cat(
+        [p.detach().reshape(-1) for n, p in trainer.model.named_parameters() if not n.startswith("hf_losses_loss.")]
+    )
     return model, torch.cat([p.detach().reshape(-1) for p in trainer.loss.parameters()])
 
 
 def run(output_dir, callbacks=(), resume=None, **overrides) -> LossTrainer:
-    trainer = LossTrainer(model=build_model(TASK), args=make_args(output_dir, **overrides),
-                          train_dataset=build_dataset(TASK, 12), callbacks=list(callbacks))
+    trainer = LossTrainer(
+        model=build_model(TASK),
+        args=make_args(output_dir, **overrides),
+        train_dataset=build_dataset(TASK, 12),
+        callbacks=list(callbacks),
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -76,7 +96,9 @@ def test_checkpoint_holds_loss_config_and_state_but_no_loss_weights(interrupted)
     assert config["loss_kwargs"]["weighting"] == "uncertainty" and config["loss_task"] == TASK
     state = torch.load(interrupted / "loss_state.pt", weights_only=True)
     assert int(state["weighting.step"]) == 3  # set before each forward: the last step trained was step index 3
-    assert not torch.allclose(state["weighting.log_variances"], torch.full_like(state["weighting.log_variances"], 0.1))  # trained
+    assert not torch.allclose(
+        state["weighting.log_variances"], torch.full_like(state["weighting.log_variances"], 0.1)
+    )  # trained
     weights = safetensors.torch.load_file(interrupted / "model.safetensors")
     assert weights and not any("hf_losses_loss" in key for key in weights)
 
@@ -123,10 +145,19 @@ def test_push_to_hub_uploads_model_card_section_config_and_weights(tmp_path):
         return "https://huggingface.co/user/tiny/commit/0"
 
     repo = mock.Mock(repo_id="user/tiny")
-    with mock.patch("huggingface_hub.HfApi.create_repo", return_value=repo) as create_repo, \
-            mock.patch("huggingface_hub.HfApi.upload_folder", upload_folder):
-        args = make_args(tmp_path / "out", loss_type="focal", loss_kwargs={"gamma": 2.0}, class_weights="balanced",
-                         push_to_hub=True, hub_model_id="user/tiny", num_train_epochs=1)
+    with (
+        mock.patch("huggingface_hub.HfApi.create_repo", return_value=repo) as create_repo,
+        mock.patch("huggingface_hub.HfApi.upload_folder", upload_folder),
+    ):
+        args = make_args(
+            tmp_path / "out",
+            loss_type="focal",
+            loss_kwargs={"gamma": 2.0},
+            class_weights="balanced",
+            push_to_hub=True,
+            hub_model_id="user/tiny",
+            num_train_epochs=1,
+        )
         trainer = LossTrainer(model=build_model(TASK), args=args, train_dataset=build_dataset(TASK, 8))
         trainer.train()
         trainer.push_to_hub()

@@ -50,7 +50,7 @@ def test_balanced_weights_equal_scikit_learn():
 
 def test_effective_number_weights_follow_cui_et_al():
     counts, beta = np.array([1000, 100, 10]), 0.99
-    raw = [(1 - beta) / (1 - beta ** n) for n in counts]  # eq. 4: 1 / E_n, E_n = (1 - beta^n) / (1 - beta)
+    raw = [(1 - beta) / (1 - beta**n) for n in counts]  # eq. 4: 1 / E_n, E_n = (1 - beta^n) / (1 - beta)
     expected = np.array(raw) / sum(raw) * 3  # normalised to sum to C
     np.testing.assert_allclose(weights_from_counts(counts, "effective_num", beta), expected, rtol=1e-12)
     assert weights_from_counts(counts, "effective_num", beta)[2] > weights_from_counts(counts, "effective_num", beta)[0]

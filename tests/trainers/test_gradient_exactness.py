@@ -29,10 +29,12 @@ def test_gradient_equal_across_accumulation_and_last_window(loss_type, task, tmp
     tail = reference_gradient(task, reference_loss(loss_type, task), _first(examples, 8, 10), num_labels=classes)
 
     kwargs = kwargs_for(loss_type, task)
-    one_batch, _ = trainer_gradients(task, loss_type, kwargs, 8, 8, 1, str(tmp_path / "a"), ignored=ignored,
-                                     num_labels=classes)
-    accumulated, _ = trainer_gradients(task, loss_type, kwargs, 10, 2, 4, str(tmp_path / "b"), ignored=ignored,
-                                       num_labels=classes)
+    one_batch, _ = trainer_gradients(
+        task, loss_type, kwargs, 8, 8, 1, str(tmp_path / "a"), ignored=ignored, num_labels=classes
+    )
+    accumulated, _ = trainer_gradients(
+        task, loss_type, kwargs, 10, 2, 4, str(tmp_path / "b"), ignored=ignored, num_labels=classes
+    )
     assert len(one_batch) == 1 and len(accumulated) == 2
     assert relative_error(one_batch[0], full) <= TOLERANCE, "batch 8 x GA 1"
     assert relative_error(accumulated[0], full) <= TOLERANCE, "batch 2 x GA 4"
@@ -64,8 +66,9 @@ def test_stock_trainer_gradient_is_sum_of_microbatch_means_for_bert(tmp_path):
     for start in range(0, 8, 2):
         summed += reference_gradient(task, None, _first(examples, start, start + 2))
 
-    stock, _ = trainer_gradients(task, "auto", None, 8, 2, 4, str(tmp_path / "stock"), ignored=False,
-                                 trainer_class=Trainer)
+    stock, _ = trainer_gradients(
+        task, "auto", None, 8, 2, 4, str(tmp_path / "stock"), ignored=False, trainer_class=Trainer
+    )
     ours, _ = trainer_gradients(task, "auto", None, 8, 2, 4, str(tmp_path / "ours"), ignored=False)
     ratio = float(stock[0].norm() / exact.norm())
     print(f"stock Trainer gradient norm / exact = {ratio:.2f}")

@@ -8,13 +8,10 @@ with ~7x the noise std of task ``a``; composite ``task_a_mse + task_b_mse``, ful
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-
 from launching import launch, read_json_lines  # noqa: E402
 from multiobjective_problem import NOISE_STD, summary, train  # noqa: E402
 
@@ -34,8 +31,9 @@ def dwa_run(tmp_path_factory):
 
 
 def _assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-    torch.testing.assert_close(torch.tensor(actual, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
-                               rtol=rtol, atol=atol)
+    torch.testing.assert_close(
+        torch.tensor(actual, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), rtol=rtol, atol=atol
+    )
 
 
 def _flat(model):
@@ -50,7 +48,7 @@ def test_uncertainty_weight_of_noisier_task_falls(uncertainty_run):
     # Kendall et al.: exp(-s) tends to 1 / L; task b's irreducible MSE is 4, task a's 0.09
     assert last[f"loss_weight/{B}"] < 0.5 < 2.0 < last[f"loss_weight/{A}"]
     weights_b = [entry[f"loss_weight/{B}"] for entry in uncertainty_run["logged"]]
-    assert max(weights_b[STEPS // 4:]) < 0.5 * weights_b[0]  # falls early and stays down
+    assert max(weights_b[STEPS // 4 :]) < 0.5 * weights_b[0]  # falls early and stays down
     # the logged per-component losses are the plain MSEs, the noisier task's larger
     assert last[f"loss/{B}"] > 10 * last[f"loss/{A}"]
     assert last[f"loss/{B}"] == pytest.approx(NOISE_STD[1] ** 2, rel=0.35)
@@ -61,8 +59,11 @@ def test_uncertainty_weight_of_noisier_task_falls(uncertainty_run):
 def test_uncertainty_training_is_the_same_with_gradient_accumulation(uncertainty_run, tmp_path):
     """The regulariser s_i is counted once per optimizer step, not once per micro-batch."""
     accumulated = summary(train(str(tmp_path), "uncertainty", STEPS, accumulation=4))
-    _assert_close(accumulated["loss_state"]["weighting.log_variances"],
-                  uncertainty_run["loss_state"]["weighting.log_variances"], rtol=1e-4)
+    _assert_close(
+        accumulated["loss_state"]["weighting.log_variances"],
+        uncertainty_run["loss_state"]["weighting.log_variances"],
+        rtol=1e-4,
+    )
     _assert_close(_flat(accumulated["model"]), _flat(uncertainty_run["model"]), rtol=1e-4, atol=1e-5)
 
 
@@ -71,7 +72,8 @@ def test_two_processes_learn_the_same_weights_and_keep_them_in_sync(uncertainty_
     result = launch(WORKER, str(STEPS), nproc=2, timeout=900)
     runs = read_json_lines(result.stdout)
     assert sorted((run["run"], run["rank"]) for run in runs) == sorted(
-        (name, rank) for name in ("uncertainty-1", "uncertainty-2", "dwa-1") for rank in (0, 1))
+        (name, rank) for name in ("uncertainty-1", "uncertainty-2", "dwa-1") for rank in (0, 1)
+    )
     for run in runs:
         assert run["world_size"] == 2 and run["process_group_size"] == 2
         assert run["wrapper"] == "DistributedDataParallel"
@@ -113,8 +115,16 @@ def test_schedule_follows_global_step_and_resumes_mid_schedule(tmp_path):
     train(output, "fixed", 10, schedules=SCHEDULE, weights={A: 0.5}, save_steps=4)
     state = torch.load(os.path.join(output, "checkpoint-4", "loss_state.pt"), weights_only=True)
     assert int(state["weighting.step"]) == 3
-    resumed = summary(train(output, "fixed", 10, schedules=SCHEDULE, weights={A: 0.5},
-                            resume_from_checkpoint=os.path.join(output, "checkpoint-4")))
+    resumed = summary(
+        train(
+            output,
+            "fixed",
+            10,
+            schedules=SCHEDULE,
+            weights={A: 0.5},
+            resume_from_checkpoint=os.path.join(output, "checkpoint-4"),
+        )
+    )
     # log_history is restored with the checkpoint: steps 1-4 come from the first run
     assert [entry["step"] for entry in resumed["logged"]] == list(range(1, 11))
     for entry in resumed["logged"][4:]:
@@ -134,8 +144,9 @@ def test_uncertainty_state_round_trips_through_a_checkpoint_and_is_not_a_model_w
     model_weights = load_file(os.path.join(checkpoint, "model.safetensors"))
     assert sorted(model_weights) == ["linear.bias", "linear.weight"]
     resumed = summary(train(output, "uncertainty", STEPS, resume_from_checkpoint=checkpoint))
-    _assert_close(resumed["loss_state"]["weighting.log_variances"],
-                  uncertainty_run["loss_state"]["weighting.log_variances"])
+    _assert_close(
+        resumed["loss_state"]["weighting.log_variances"], uncertainty_run["loss_state"]["weighting.log_variances"]
+    )
     _assert_close(_flat(resumed["model"]), _flat(uncertainty_run["model"]))
 
 
@@ -145,9 +156,14 @@ def test_deepspeed_zero2_trains_the_learned_weights(uncertainty_run):
     pytest.importorskip("deepspeed")
     repository = Path(__file__).resolve().parents[2]
     result = launch(
-        WORKER.parent / "multiobjective_deepspeed_worker.py", str(STEPS), nproc=2, launcher="accelerate",
+        WORKER.parent / "multiobjective_deepspeed_worker.py",
+        str(STEPS),
+        nproc=2,
+        launcher="accelerate",
         accelerate_config=repository / "configs" / "accelerate" / "deepspeed_zero2.yaml",
-        env={"TORCH_EXTENSIONS_DIR": str(repository / ".cache" / "torch_extensions")}, timeout=900)
+        env={"TORCH_EXTENSIONS_DIR": str(repository / ".cache" / "torch_extensions")},
+        timeout=900,
+    )
     runs = read_json_lines(result.stdout)
     assert sorted(run["rank"] for run in runs) == [0, 1]
     for run in runs:
@@ -155,5 +171,9 @@ def test_deepspeed_zero2_trains_the_learned_weights(uncertainty_run):
         assert run["engine"] == "DeepSpeedEngine" and run["zero_stage"] == 2 and run["world_size"] == 2
         assert run["same_state_on_all_ranks"]
         assert run["weights"][B] < 0.5 < 2.0 < run["weights"][A]
-        _assert_close(run["loss_state"]["weighting.log_variances"],
-                      uncertainty_run["loss_state"]["weighting.log_variances"], rtol=1e-3, atol=1e-4)
+        _assert_close(
+            run["loss_state"]["weighting.log_variances"],
+            uncertainty_run["loss_state"]["weighting.log_variances"],
+            rtol=1e-3,
+            atol=1e-4,
+        )

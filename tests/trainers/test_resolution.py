@@ -15,8 +15,14 @@ from hf_losses.trainers.resolution import fill_class_information, resolve_loss
 
 
 def arguments(**overrides):
-    values = {"loss_type": "auto", "loss_kwargs": {}, "class_weights": None, "class_weights_beta": 0.999,
-              "loss_task": "auto", "label_names": None}
+    values = {
+        "loss_type": "auto",
+        "loss_kwargs": {},
+        "class_weights": None,
+        "class_weights_beta": 0.999,
+        "loss_task": "auto",
+        "label_names": None,
+    }
     return SimpleNamespace(**{**values, **overrides})
 
 
@@ -26,16 +32,17 @@ def test_class_weights_go_to_the_loss_weight_parameter():
     assert fill_class_information("ldam", {}, None, [5, 3]) == {"samples_per_class": [5, 3]}
     assert fill_class_information("ldam", {"samples_per_class": [9, 9]}, None, [5, 3]) == {"samples_per_class": [9, 9]}
     assert fill_class_information("0.5*cross_entropy+0.5*dice", {}, [1.0, 2.0], None) == {
-        "cross_entropy": {"weight": [1.0, 2.0]}}
-
+        "cross_entropy": {"weight": [1.0, 2.0]}
+    }
 
 
 def test_balanced_class_weights_are_read_from_the_training_labels():
     dataset = build_dataset("sequence_classification", 24, ignored=False)
     labels = torch.tensor(dataset["labels"])
     counts = torch.bincount(labels, minlength=NUM_LABELS)
-    plan = resolve_loss(arguments(loss_type="cross_entropy", class_weights="balanced"),
-                        build_model("sequence_classification"), dataset)
+    plan = resolve_loss(
+        arguments(loss_type="cross_entropy", class_weights="balanced"), build_model("sequence_classification"), dataset
+    )
     expected = (len(labels) / (NUM_LABELS * counts.double())).tolist()
     assert plan.class_counts == counts.tolist()
     assert plan.class_weight_values == pytest.approx(expected, rel=1e-12)
@@ -61,15 +68,19 @@ def test_auto_keeps_the_model_loss_and_counts_nothing():
 
 def test_counts_without_training_data_are_refused():
     with pytest.raises(ValueError, match="needs class counts from the training data"):
-        resolve_loss(arguments(loss_type="cross_entropy", class_weights="balanced"),
-                     build_model("sequence_classification"), None)
+        resolve_loss(
+            arguments(loss_type="cross_entropy", class_weights="balanced"), build_model("sequence_classification"), None
+        )
 
 
-@pytest.mark.parametrize(("loss_type", "task", "message"), [
-    ("bce", "token_classification", "expects binary labels"),
-    ("cross_entropy", "regression", "expects index labels"),
-    ("causal_lm", "sequence_classification", "works from hidden states and needs loss_task='causal_lm'"),
-])
+@pytest.mark.parametrize(
+    ("loss_type", "task", "message"),
+    [
+        ("bce", "token_classification", "expects binary labels"),
+        ("cross_entropy", "regression", "expects index labels"),
+        ("causal_lm", "sequence_classification", "works from hidden states and needs loss_task='causal_lm'"),
+    ],
+)
 def test_a_loss_that_does_not_fit_the_task_is_refused(loss_type, task, message):
     with pytest.raises(ValueError, match=message):
         resolve_loss(arguments(loss_type=loss_type, loss_task=task), build_model(task), None)
@@ -89,6 +100,5 @@ def test_the_trainer_dispatches_hidden_state_losses_by_type():
 
 def test_an_explicit_loss_is_used_as_given():
     loss = get_loss("focal", gamma=1.0)
-    plan = resolve_loss(arguments(loss_kwargs={"gamma": 1.0}), build_model("sequence_classification"), None,
-                        loss=loss)
+    plan = resolve_loss(arguments(loss_kwargs={"gamma": 1.0}), build_model("sequence_classification"), None, loss=loss)
     assert plan.loss is loss and plan.loss_type == "focal" and plan.config["loss_kwargs"] == {"gamma": 1.0}

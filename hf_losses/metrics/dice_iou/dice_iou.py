@@ -5,9 +5,11 @@ import evaluate
 
 from hf_losses.metrics.functional import IGNORE_INDEX, dice_iou
 
-_DESCRIPTION = ("Per-class Dice 2|P∩R| / (|P|+|R|) and IoU |P∩R| / |P∪R| pooled over all pixels of all images, "
-                "and their means over the foreground classes (class 0 is background unless include_background). "
-                "A class absent from both prediction and truth scores 1.")
+_DESCRIPTION = (
+    "Per-class Dice 2|P∩R| / (|P|+|R|) and IoU |P∩R| / |P∪R| pooled over all pixels of all images, "
+    "and their means over the foreground classes (class 0 is background unless include_background). "
+    "A class absent from both prediction and truth scores 1."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of 2-D int masks, or flattened 1-D masks): predicted class per pixel.
@@ -31,12 +33,15 @@ class DiceIou(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Dice, 'Measures of the amount of ecologic association between species', Ecology 1945.",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=[datasets.Features({"predictions": _MASK_2D, "references": _MASK_2D}),
-                      datasets.Features({"predictions": _MASK_1D, "references": _MASK_1D})],
+            features=[
+                datasets.Features({"predictions": _MASK_2D, "references": _MASK_2D}),
+                datasets.Features({"predictions": _MASK_1D, "references": _MASK_1D}),
+            ],
         )
 
-    def _compute(self, predictions, references, num_classes=None, include_background=False,
-                 ignore_index=IGNORE_INDEX, **unused):
+    def _compute(
+        self, predictions, references, num_classes=None, include_background=False, ignore_index=IGNORE_INDEX, **unused
+    ):
         import numpy as np
 
         predictions = np.concatenate([np.asarray(p, dtype=np.int64).reshape(-1) for p in predictions])

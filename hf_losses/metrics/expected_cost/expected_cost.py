@@ -5,10 +5,12 @@ import evaluate
 
 from hf_losses.metrics.functional import IGNORE_INDEX, confusion_matrix, expected_cost, sensitivity_specificity
 
-_DESCRIPTION = ("Decision metrics for cost-sensitive problems such as diagnosis: sensitivity (recall of the "
-                "positive class), specificity (recall of the rest) and the mean cost per decision, "
-                "sum_{t,p} count[t,p] * cost[t][p] / n, where cost[t][p] is the price of predicting p when the "
-                "truth is t.")
+_DESCRIPTION = (
+    "Decision metrics for cost-sensitive problems such as diagnosis: sensitivity (recall of the "
+    "positive class), specificity (recall of the rest) and the mean cost per decision, "
+    "sum_{t,p} count[t,p] * cost[t][p] / n, where cost[t][p] is the price of predicting p when the "
+    "truth is t."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted class ids (e.g. argmax of the logits: the default threshold).
@@ -35,12 +37,19 @@ class ExpectedCost(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Elkan, 'The Foundations of Cost-Sensitive Learning', IJCAI 2001.",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"),
-                                        "references": datasets.Value("int64")}),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
-    def _compute(self, predictions, references, cost_matrix=None, positive_label=1, num_classes=None,
-                 ignore_index=IGNORE_INDEX, **unused):
+    def _compute(
+        self,
+        predictions,
+        references,
+        cost_matrix=None,
+        positive_label=1,
+        num_classes=None,
+        ignore_index=IGNORE_INDEX,
+        **unused,
+    ):
         if num_classes is None:
             num_classes = len(cost_matrix) if cost_matrix is not None else 2
         if cost_matrix is None:
@@ -49,5 +58,8 @@ class ExpectedCost(evaluate.Metric):
             raise ValueError(f"positive_label must be in [0, {num_classes}), got {positive_label}.")
         matrix = confusion_matrix(predictions, references, num_classes, ignore_index)
         sensitivity, specificity = sensitivity_specificity(matrix, positive_label)
-        return {"sensitivity": sensitivity, "specificity": specificity,
-                "expected_cost": expected_cost(matrix, cost_matrix)}
+        return {
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "expected_cost": expected_cost(matrix, cost_matrix),
+        }

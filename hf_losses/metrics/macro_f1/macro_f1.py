@@ -5,8 +5,10 @@ import evaluate
 
 from hf_losses.metrics.functional import IGNORE_INDEX, confusion_matrix, macro_f1, per_class_f1
 
-_DESCRIPTION = ("Unweighted mean over classes of F1 = 2TP / (2TP + FP + FN): every class counts the same, so a "
-                "model that ignores a rare class is penalised (scikit-learn f1_score(average='macro')).")
+_DESCRIPTION = (
+    "Unweighted mean over classes of F1 = 2TP / (2TP + FP + FN): every class counts the same, so a "
+    "model that ignores a rare class is penalised (scikit-learn f1_score(average='macro'))."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted class ids.
@@ -29,12 +31,19 @@ class MacroF1(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"),
-                                        "references": datasets.Value("int64")}),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
-    def _compute(self, predictions, references, num_classes=None, label_names=None, per_class=False,
-                 ignore_index=IGNORE_INDEX, **unused):
+    def _compute(
+        self,
+        predictions,
+        references,
+        num_classes=None,
+        label_names=None,
+        per_class=False,
+        ignore_index=IGNORE_INDEX,
+        **unused,
+    ):
         if num_classes is None and label_names is not None:
             num_classes = len(label_names)
         matrix = confusion_matrix(predictions, references, num_classes, ignore_index)

@@ -5,8 +5,10 @@ import evaluate
 
 from hf_losses.metrics.functional import IGNORE_INDEX, confusion_matrix, per_class_recall
 
-_DESCRIPTION = ("Recall TP_c / (TP_c + FN_c) of each class c -- the number that shows whether a rare class is "
-                "found at all -- and their unweighted mean (balanced accuracy).")
+_DESCRIPTION = (
+    "Recall TP_c / (TP_c + FN_c) of each class c -- the number that shows whether a rare class is "
+    "found at all -- and their unweighted mean (balanced accuracy)."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted class ids.
@@ -27,12 +29,12 @@ class PerClassRecall(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"),
-                                        "references": datasets.Value("int64")}),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
-    def _compute(self, predictions, references, num_classes=None, label_names=None, ignore_index=IGNORE_INDEX,
-                 **unused):
+    def _compute(
+        self, predictions, references, num_classes=None, label_names=None, ignore_index=IGNORE_INDEX, **unused
+    ):
         if num_classes is None and label_names is not None:
             num_classes = len(label_names)
         matrix = confusion_matrix(predictions, references, num_classes, ignore_index)

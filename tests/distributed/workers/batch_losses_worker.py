@@ -3,7 +3,8 @@
 Each rank builds the same global batch of 8 (same seeds), keeps its own rows, and computes a batch loss with
 statistics over the global batch (``across_processes=True``). Every rank also computes the single-process
 reference on all 8 rows (``across_processes=False``, no collective). Printed per case, as ``RESULT {json}``:
-the two loss values (rank 0 prints every rank's records), the relative error of the DDP-averaged parameter gradients of a tiny linear model, and the
+the two loss values (rank 0 prints every rank's records), the relative error of the DDP-averaged parameter
+gradients of a tiny linear model, and the
 relative error of the gradient w.r.t. the rank's own inputs divided by the world size (see
 ``hf_losses/distributed.py`` for why a rank's input gradient is W times the single-process one).
 """
@@ -84,8 +85,15 @@ class DualEncoder(nn.Module):
         return self.query(query_inputs), self.key(key_inputs)
 
 
-def compare(case: str, loss_name: str, kwargs: dict, model: nn.Module, inputs: tuple[torch.Tensor, ...],
-            labels: torch.Tensor | None, split: tuple[int, ...]) -> None:
+def compare(
+    case: str,
+    loss_name: str,
+    kwargs: dict,
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    labels: torch.Tensor | None,
+    split: tuple[int, ...],
+) -> None:
     """One case: distributed (DDP, local rows, global statistics) vs single process on the whole batch."""
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = rows_of_rank(rank, split)
@@ -102,15 +110,17 @@ def compare(case: str, loss_name: str, kwargs: dict, model: nn.Module, inputs: t
     outputs = ddp(*(x[rows] for x in inputs))
     value = distributed_loss(*outputs) if labels is None else distributed_loss(outputs, labels[rows])
     value.backward()
-    parameter_errors = [relative_error(p.grad, r.grad)
-                        for p, r in zip(ddp.module.parameters(), reference_model.parameters())]
+    parameter_errors = [
+        relative_error(p.grad, r.grad) for p, r in zip(ddp.module.parameters(), reference_model.parameters())
+    ]
 
     # control: the same DDP step with local-batch statistics only must NOT match (the check can fail)
     ddp_local = DistributedDataParallel(copy.deepcopy(model))
     outputs = ddp_local(*(x[rows] for x in inputs))
     (reference_loss(*outputs) if labels is None else reference_loss(outputs, labels[rows])).backward()
-    local_only_errors = [relative_error(p.grad, r.grad)
-                         for p, r in zip(ddp_local.module.parameters(), reference_model.parameters())]
+    local_only_errors = [
+        relative_error(p.grad, r.grad) for p, r in zip(ddp_local.module.parameters(), reference_model.parameters())
+    ]
 
     # gradients w.r.t. the inputs of the loss (leaf logits / embeddings), divided by the world size
     with torch.no_grad():
@@ -124,10 +134,19 @@ def compare(case: str, loss_name: str, kwargs: dict, model: nn.Module, inputs: t
     local_value.backward()
     input_errors = [relative_error(x.grad / world, r.grad[rows]) for x, r in zip(local, full)]
 
-    emit(case=case, loss=loss_name, rank=rank, world_size=world, split=list(split),
-         value=value.item(), reference=reference.item(), leaf_value=local_value.item(),
-         parameter_error=max(parameter_errors), input_error=max(input_errors),
-         local_only_parameter_error=max(local_only_errors))
+    emit(
+        case=case,
+        loss=loss_name,
+        rank=rank,
+        world_size=world,
+        split=list(split),
+        value=value.item(),
+        reference=reference.item(),
+        leaf_value=local_value.item(),
+        parameter_error=max(parameter_errors),
+        input_error=max(input_errors),
+        local_only_parameter_error=max(local_only_errors),
+    )
 
 
 def check_collectives(rank: int, world: int) -> None:
@@ -164,8 +183,9 @@ def check_collectives(rank: int, world: int) -> None:
     assert process_sizes(3 + rank) == sizes
     assert sum_across_processes(torch.tensor(rank + 1)).item() == world * (world + 1) // 2
     assert mean_across_processes(float(rank)).item() == (world - 1) / 2
-    assert gather_across_processes(torch.full((rank + 1,), rank)).tolist() == [r for r in range(world)
-                                                                                 for _ in range(r + 1)]
+    assert gather_across_processes(torch.full((rank + 1,), rank)).tolist() == [
+        r for r in range(world) for _ in range(r + 1)
+    ]
     emit(case="collectives", rank=rank, world_size=world, ok=True)
 
 
@@ -202,8 +222,15 @@ def main() -> None:
     encoder = DualEncoder()
     for symmetric in (False, True):
         for split in ((4, 4), (5, 3)):
-            compare(f"info_nce_{'symmetric' if symmetric else 'one_way'}_{split[0]}+{split[1]}", "info_nce",
-                    {"symmetric": symmetric, "temperature": 0.1}, encoder, (queries, keys), None, split)
+            compare(
+                f"info_nce_{'symmetric' if symmetric else 'one_way'}_{split[0]}+{split[1]}",
+                "info_nce",
+                {"symmetric": symmetric, "temperature": 0.1},
+                encoder,
+                (queries, keys),
+                None,
+                split,
+            )
 
     print_all_records()
     gc.collect()  # free the DDP wrappers (their reducers hold the process group) before tearing it down

@@ -10,9 +10,9 @@ import os
 import sys
 import tempfile
 
+import deepspeed_support as support
 import torch
 
-import deepspeed_support as support
 from hf_losses.distributed import shut_down
 
 # (name, max_grad_norm): the raw norm of this step is ~1.55, so 0.05 clips and 1000 does not
@@ -23,36 +23,58 @@ def clipping_case(name: str, max_grad_norm: float, output_dir: str) -> dict:
     from hf_losses import LossTrainer
 
     task = "token_classification"
-    args = support.training_arguments(os.path.join(output_dir, name), max_grad_norm=max_grad_norm,
-                                      loss_type="cross_entropy")
+    args = support.training_arguments(
+        os.path.join(output_dir, name), max_grad_norm=max_grad_norm, loss_type="cross_entropy"
+    )
     probe = support.ClippedNormProbe()
-    trainer = LossTrainer(model=support.build_model(task), args=args, train_dataset=support.build_dataset(task),
-                          callbacks=[probe.callback()])
+    trainer = LossTrainer(
+        model=support.build_model(task),
+        args=args,
+        train_dataset=support.build_dataset(task),
+        callbacks=[probe.callback()],
+    )
     trainer.train()
-    return {"case": name, **support.describe_run(trainer), "max_grad_norm": max_grad_norm,
-            "seen_norms": probe.seen_norms, "logged_grad_norm": support.logged(trainer, "grad_norm"),
-            "reference_norm": float(support.reference_gradient(task, "cross_entropy").norm())}
+    return {
+        "case": name,
+        **support.describe_run(trainer),
+        "max_grad_norm": max_grad_norm,
+        "seen_norms": probe.seen_norms,
+        "logged_grad_norm": support.logged(trainer, "grad_norm"),
+        "reference_norm": float(support.reference_gradient(task, "cross_entropy").norm()),
+    }
 
 
 def bf16_case(output_dir: str) -> dict:
     from hf_losses import LossTrainer
 
     task = "token_classification"
-    args = support.training_arguments(os.path.join(output_dir, "ddp_bf16"), bf16=True, learning_rate=1e-2,
-                                      max_steps=3, gradient_accumulation_steps=1, max_grad_norm=1.0,
-                                      loss_type="cross_entropy")
+    args = support.training_arguments(
+        os.path.join(output_dir, "ddp_bf16"),
+        bf16=True,
+        learning_rate=1e-2,
+        max_steps=3,
+        gradient_accumulation_steps=1,
+        max_grad_norm=1.0,
+        loss_type="cross_entropy",
+    )
     model = support.build_model(task)
     logits_dtypes: list[str] = []
     model.classifier.register_forward_hook(
-        lambda module, inputs, output: logits_dtypes.append(str(output.dtype).replace("torch.", "")))
+        lambda module, inputs, output: logits_dtypes.append(str(output.dtype).replace("torch.", ""))
+    )
     before = [p.detach().clone() for p in model.parameters()]
     trainer = LossTrainer(model=model, args=args, train_dataset=support.build_dataset(task))
     trainer.train()
     after = list(trainer.model.parameters())
-    return {"case": "ddp_bf16", **support.describe_run(trainer), "losses": support.logged(trainer, "loss"),
-            "logits_dtypes": sorted(set(logits_dtypes)), "mixed_precision": str(trainer.accelerator.mixed_precision),
-            "weights_changed": any(not torch.equal(b, a.detach()) for b, a in zip(before, after)),
-            "weights_finite": all(bool(torch.isfinite(a).all()) for a in after)}
+    return {
+        "case": "ddp_bf16",
+        **support.describe_run(trainer),
+        "losses": support.logged(trainer, "loss"),
+        "logits_dtypes": sorted(set(logits_dtypes)),
+        "mixed_precision": str(trainer.accelerator.mixed_precision),
+        "weights_changed": any(not torch.equal(b, a.detach()) for b, a in zip(before, after)),
+        "weights_finite": all(bool(torch.isfinite(a).all()) for a in after),
+    }
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 
+import deepspeed_support as support
 import torch
 
-import deepspeed_support as support
 from hf_losses.distributed import shut_down
 
 # (name, task, loss_type, loss_kwargs, per-device batch, accumulation steps)
@@ -42,16 +42,37 @@ def use_accelerate_config(name: str) -> None:
 
 
 # bf16 on CPU: TrainingArguments accept bf16 without a GPU only with use_cpu=True; DeepSpeed still runs (measured)
-BF16_SETTINGS = dict(bf16=True, use_cpu=True, learning_rate=1e-2, max_steps=3, per_device_train_batch_size=2,
-                     gradient_accumulation_steps=1)
+BF16_SETTINGS = dict(
+    bf16=True,
+    use_cpu=True,
+    learning_rate=1e-2,
+    max_steps=3,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=1,
+)
 
 
-def run_case(stage_config: str, name: str, task: str, loss_type: str, loss_kwargs: dict, batch: int,
-             accumulation: int, max_grad_norm: float, output_dir: str, **overrides: object) -> dict:
+def run_case(
+    stage_config: str,
+    name: str,
+    task: str,
+    loss_type: str,
+    loss_kwargs: dict,
+    batch: int,
+    accumulation: int,
+    max_grad_norm: float,
+    output_dir: str,
+    **overrides: object,
+) -> dict:
     from hf_losses import LossTrainer
 
-    settings = dict(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                    max_grad_norm=max_grad_norm, loss_type=loss_type, loss_kwargs=loss_kwargs)
+    settings = dict(
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=max_grad_norm,
+        loss_type=loss_type,
+        loss_kwargs=loss_kwargs,
+    )
     settings.update(overrides)
     args = support.training_arguments(os.path.join(output_dir, name), **settings)
     trainer = LossTrainer(model=support.build_model(task), args=args, train_dataset=support.build_dataset(task))
@@ -59,11 +80,17 @@ def run_case(stage_config: str, name: str, task: str, loss_type: str, loss_kwarg
     probe.attach(trainer)
     started = time.perf_counter()
     trainer.train()
-    record = {"case": name, "config": stage_config, "seconds": round(time.perf_counter() - started, 2),
-              **support.describe_run(trainer), "steps": len(probe.gradients),
-              "seen_norms": probe.seen_norms, "raw_norms": probe.raw_norms,
-              "logged_grad_norm": support.logged(trainer, "grad_norm"),
-              "losses": support.logged(trainer, "loss")}
+    record = {
+        "case": name,
+        "config": stage_config,
+        "seconds": round(time.perf_counter() - started, 2),
+        **support.describe_run(trainer),
+        "steps": len(probe.gradients),
+        "seen_norms": probe.seen_norms,
+        "raw_norms": probe.raw_norms,
+        "logged_grad_norm": support.logged(trainer, "grad_norm"),
+        "losses": support.logged(trainer, "loss"),
+    }
     reference = support.reference_gradient(task, loss_type, loss_kwargs)
     record["reference_norm"] = float(reference.norm())
     if probe.gradients and not overrides:  # one fp32 step at the initial weights: comparable to the reference
@@ -80,8 +107,9 @@ def main() -> None:
             for name, task, loss_type, loss_kwargs, batch, accumulation in GRADIENT_CASES:
                 if only and name not in only:
                     continue
-                record = run_case(stage_config, name, task, loss_type, loss_kwargs, batch, accumulation, 0.0,
-                                  output_dir)
+                record = run_case(
+                    stage_config, name, task, loss_type, loss_kwargs, batch, accumulation, 0.0, output_dir
+                )
                 if support.is_main():
                     support.emit(record)
             for name, task, loss_type, max_grad_norm in CLIPPING_CASES:
@@ -92,8 +120,18 @@ def main() -> None:
                 if support.is_main():
                     support.emit(record)
             if not only or "bf16_train" in only:
-                record = run_case(stage_config, "bf16_train", "token_classification", "cross_entropy", {}, 2, 1,
-                                  1.0, output_dir, **BF16_SETTINGS)
+                record = run_case(
+                    stage_config,
+                    "bf16_train",
+                    "token_classification",
+                    "cross_entropy",
+                    {},
+                    2,
+                    1,
+                    1.0,
+                    output_dir,
+                    **BF16_SETTINGS,
+                )
                 if support.is_main():
                     support.emit(record)
 

@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 
-
 import accelerate  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -32,9 +31,13 @@ def main() -> None:
         state = torch.cat([value.detach().double().reshape(-1).cpu() for value in trainer.loss.state_dict().values()])
         gathered = [torch.zeros_like(state) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, state)
-        result.update(rank=dist.get_rank(), distributed_type=str(trainer.accelerator.distributed_type),
-                      engine=type(engine).__name__, zero_stage=int(engine.zero_optimization_stage()),
-                      same_state_on_all_ranks=all(torch.equal(gathered[0], other) for other in gathered))
+        result.update(
+            rank=dist.get_rank(),
+            distributed_type=str(trainer.accelerator.distributed_type),
+            engine=type(engine).__name__,
+            zero_stage=int(engine.zero_optimization_stage()),
+            same_state_on_all_ranks=all(torch.equal(gathered[0], other) for other in gathered),
+        )
         print("RESULT " + json.dumps(result), flush=True)
     dist.barrier()
     dist.destroy_process_group()

@@ -10,7 +10,6 @@ import os
 import sys
 import tempfile
 
-
 import accelerate  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -27,17 +26,27 @@ def main() -> None:
     max_steps = int(sys.argv[1])
     with tempfile.TemporaryDirectory() as directory:
         for weighting, accumulation in RUNS:
-            trainer = train(os.path.join(directory, f"{weighting}-{accumulation}"), weighting, max_steps,
-                            processes=2, accumulation=accumulation)
+            trainer = train(
+                os.path.join(directory, f"{weighting}-{accumulation}"),
+                weighting,
+                max_steps,
+                processes=2,
+                accumulation=accumulation,
+            )
             result = summary(trainer)
             del result["logged"]  # keep each line short: lines under 4 KiB are written atomically by both ranks
             # the learned state must be identical on every rank (gradients averaged, DWA sums all-reduced)
-            state = torch.cat([value.detach().double().reshape(-1).cpu() for value in trainer.loss.state_dict().values()])
+            state = torch.cat(
+                [value.detach().double().reshape(-1).cpu() for value in trainer.loss.state_dict().values()]
+            )
             gathered = [torch.zeros_like(state) for _ in range(dist.get_world_size())]
             dist.all_gather(gathered, state)
-            result.update(run=f"{weighting}-{accumulation}", rank=dist.get_rank(),
-                          process_group_size=dist.get_world_size(),
-                          same_state_on_all_ranks=all(torch.equal(gathered[0], other) for other in gathered))
+            result.update(
+                run=f"{weighting}-{accumulation}",
+                rank=dist.get_rank(),
+                process_group_size=dist.get_world_size(),
+                same_state_on_all_ranks=all(torch.equal(gathered[0], other) for other in gathered),
+            )
             print("RESULT " + json.dumps(result), flush=True)
     dist.barrier()
     dist.destroy_process_group()
