@@ -34,6 +34,7 @@ global item count, need that). ``tests/distributed/test_batch_losses_multiproces
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,13 +81,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Forward: sum over ranks. Backward: sum over ranks of the upstream gradients (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:  # type: ignore[override]
         output = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(output, op=dist.ReduceOp.SUM)
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:  # type: ignore[override]
         grad = grad_output.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
@@ -97,7 +98,7 @@ class _AllGather(torch.autograd.Function):
     gradient each rank sends to this rank's rows."""
 
     @staticmethod
-    def forward(ctx, tensor: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
         ctx.sizes = sizes
         ctx.rank = dist.get_rank()
         largest = max(sizes)
@@ -108,7 +109,7 @@ class _AllGather(torch.autograd.Function):
         return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)], dim=0)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         # All-reduce of the whole gathered gradient then the local slice: a reduce-scatter that also works
         # on gloo and with uneven sizes (the gathered tensor is a batch of embeddings or statistics, small).
         grad = grad_output.contiguous().clone()

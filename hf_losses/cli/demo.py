@@ -163,7 +163,7 @@ def default_model_path() -> str:
     return str(get_model_path())
 
 
-def make_compute_metrics(label_names: Sequence[str]):
+def make_compute_metrics(label_names: Sequence[str]) -> Callable[[Any], dict[str, float]]:
     """accuracy + macro-F1 + recall of each class, from the metric modules shipped with hf-losses."""
     import evaluate
     import numpy as np

@@ -153,7 +153,7 @@ class HiddenStatesLoss(LossBase):
         self,
         hidden_states: Tensor,
         labels: Tensor | None,
-        weight: Tensor,
+        weight: Tensor | None = None,
         bias: Tensor | None = None,
         num_items_in_batch: NumItems = None,
         shift_labels: Tensor | None = None,

@@ -54,30 +54,8 @@ class CompositeLoss(LogitsLoss):
             raise ValueError(
                 f"{self._label()}: `components` must be a non-empty dict {{loss_name: {{kwargs}}}}, got {components!r}."
             )
-        weights = dict(weights or {})
-        schedules = dict(schedules or {})
         self.losses = nn.ModuleDict()
-        static_weights: dict[str, float] = {}
-        canonical_schedules: dict[str, Any] = {}
-        for name, options in components.items():
-            canonical = resolve_name(name)
-            if canonical == "composite":
-                raise ValueError(f"{self._label()}: a composite cannot contain another composite.")
-            self.losses[canonical] = get_loss(canonical, **dict(options or {}))
-            static_weights[canonical] = check_number(self._label(), f"weights['{name}']", weights.pop(name, 1.0))
-            for key in (name, canonical):
-                if key in schedules:
-                    canonical_schedules[canonical] = schedules.pop(key)
-        if weights:
-            raise ValueError(
-                f"{self._label()}: `weights` names {sorted(weights)} which are not components; "
-                f"components are {list(self.losses)}."
-            )
-        if schedules:
-            raise ValueError(
-                f"{self._label()}: `schedules` names {sorted(schedules)} which are not components; "
-                f"components are {list(self.losses)}."
-            )
+        static_weights, canonical_schedules = self._build_components(components, weights, schedules)
         self.weighting = ComponentWeighting(
             self._label(),
             list(self.losses),
@@ -98,6 +76,34 @@ class CompositeLoss(LogitsLoss):
         self.decomposable = all(loss.decomposable for loss in self.losses.values())
         self.ignore_index = next(iter(self.losses.values())).ignore_index
         self.last_components: dict[str, Tensor] = {}
+
+    def _build_components(
+        self,
+        components: Mapping[str, Mapping[str, Any]],
+        weights: Mapping[str, float] | None,
+        schedules: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Build each component into ``self.losses``; its static weight and schedule, keyed by canonical name."""
+        weights = dict(weights or {})
+        schedules = dict(schedules or {})
+        static_weights: dict[str, float] = {}
+        canonical_schedules: dict[str, Any] = {}
+        for name, options in components.items():
+            canonical = resolve_name(name)
+            if canonical == "composite":
+                raise ValueError(f"{self._label()}: a composite cannot contain another composite.")
+            self.losses[canonical] = get_loss(canonical, **dict(options or {}))
+            static_weights[canonical] = check_number(self._label(), f"weights['{name}']", weights.pop(name, 1.0))
+            for key in (name, canonical):
+                if key in schedules:
+                    canonical_schedules[canonical] = schedules.pop(key)
+        for argument, left in (("weights", weights), ("schedules", schedules)):
+            if left:
+                raise ValueError(
+                    f"{self._label()}: `{argument}` names {sorted(left)} which are not components; "
+                    f"components are {list(self.losses)}."
+                )
+        return static_weights, canonical_schedules
 
     @property
     def weights(self) -> dict[str, float]:

@@ -85,11 +85,17 @@ class CausalLMLoss(HiddenStatesLoss):
         self,
         hidden_states: Tensor,
         labels: Tensor | None,
-        weight: Tensor,
+        weight: Tensor | None = None,
         bias: Tensor | None = None,
         num_items_in_batch: NumItems = None,
         shift_labels: Tensor | None = None,
     ) -> Tensor:
+        if weight is None:
+            raise TypeError(
+                f"{self._label()}: works from hidden states and the LM head; call "
+                f"loss(hidden_states, labels, weight=model.get_output_embeddings().weight), not loss(logits, labels) "
+                f"(for logits use 'cross_entropy')."
+            )
         targets = self.targets(labels, shift_labels)
         self.check_hidden_inputs(hidden_states, targets, weight, bias)
         count = self.valid_mask(targets).sum()

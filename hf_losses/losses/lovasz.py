@@ -15,7 +15,7 @@ from hf_losses.constants import IGNORE_INDEX
 from hf_losses.distributed import all_gather_with_grad, gather_across_processes
 from hf_losses.losses.base import compute_dtype
 from hf_losses.losses.checks import check_choice
-from hf_losses.losses.segmentation import SegmentationLoss, class_probabilities, one_hot_targets
+from hf_losses.losses.segmentation_base import SegmentationLoss, class_probabilities, one_hot_targets
 from hf_losses.registry import register_loss
 
 

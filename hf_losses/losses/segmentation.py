@@ -1,7 +1,8 @@
 """Segmentation losses: what they share, and the overlap losses Dice, generalized Dice, Tversky, focal-Tversky.
 
-:class:`SegmentationLoss` holds what every segmentation loss shares (parameters, input checks, flattening,
-background removal, the image count); :class:`OverlapLoss` the losses of soft overlap statistics, defined here.
+:class:`~hf_losses.losses.segmentation_base.SegmentationLoss` holds what every segmentation loss shares
+(parameters, input checks, flattening, background removal, the image count); :class:`OverlapLoss` the losses of
+soft overlap statistics, defined here.
 Lovasz-softmax, a loss of sorted pixel errors, is in :mod:`hf_losses.losses.lovasz`.
 
 Shapes: logits ``(N, C, d1, ...)`` and integer labels ``(N, d1, ...)`` as for ``F.cross_entropy``. With
@@ -34,27 +35,14 @@ from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.distributed import all_reduce_sum_with_grad
-from hf_losses.losses.base import LogitsLoss, check_logits_labels
-from hf_losses.losses.checks import check_bool, check_number
+from hf_losses.losses.checks import check_number
+from hf_losses.losses.segmentation_base import SegmentationLoss, class_probabilities, one_hot_targets
 from hf_losses.registry import register_loss
 
 DEFAULT_SMOOTH = 1e-5
 
 
 # ------------------------------------------------------------------------------------------ statistics
-def class_probabilities(logits: Tensor) -> Tensor:
-    """Softmax over dim 1 when ``C > 1``; sigmoid (binary, foreground probability) when ``C == 1``."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """``(N, C, P)`` float one-hot of ``(N, P)`` labels in ``[0, C)``; for ``C == 1`` the foreground (label 1)."""
-    if num_classes == 1:
-        return (labels == 1).unsqueeze(1).to(dtype)
-    onehot = torch.zeros((labels.shape[0], num_classes) + tuple(labels.shape[1:]), dtype=dtype, device=labels.device)
-    return onehot.scatter_(1, labels.unsqueeze(1), 1.0)
-
-
 def overlap_statistics(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives ``sum_x p_c [y = c]``, predicted mass ``sum_x p_c`` and label count ``sum_x [y = c]``
     per image and class, each ``(N, C)``.
@@ -136,63 +124,6 @@ def generalized_dice_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, smoo
 
 
 # ------------------------------------------------------------------------------------------ losses
-class SegmentationLoss(LogitsLoss):
-    """Shared parameters, checks, flattening and item count of the segmentation losses (see the module docstring)."""
-
-    item_unit = "sample"
-    reference = ""
-
-    def __init__(self, *, include_background: bool, per_image: bool, across_processes: bool, ignore_index: int) -> None:
-        super().__init__(ignore_index)
-        owner = self._label()
-        self.include_background = check_bool(owner, "include_background", include_background)
-        self.per_image = check_bool(owner, "per_image", per_image)
-        self.across_processes = check_bool(owner, "across_processes", across_processes)
-        # per_image=False needs whole-batch statistics: it returns the batch value (instance attribute)
-        self.decomposable = per_image
-
-    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
-        owner = self._label()
-        if isinstance(logits, Tensor) and isinstance(labels, Tensor) and logits.dim() >= 2 and logits.shape[1] == 1:
-            # binary: one sigmoid channel, labels 0/1 -- check as two classes, with messages about one channel
-            expected = (logits.shape[0],) + tuple(logits.shape[2:])
-            if tuple(labels.shape) != expected:
-                raise ValueError(
-                    f"{owner}: `labels` shape {tuple(labels.shape)} does not match logits "
-                    f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...))."
-                )
-            logits = logits.expand(-1, 2, *logits.shape[2:])
-        check_logits_labels(owner, logits, labels, self.label_kind, self.ignore_index)
-
-    def _flatten(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(N, C, P)`` logits, ``(N, P)`` labels and the valid-pixel mask (None when no pixel is ignored)."""
-        n, c = logits.shape[:2]
-        labels = labels.reshape(n, -1)
-        if self.ignore_index < 0 and (labels.numel() == 0 or labels.min() >= 0):
-            valid = None  # checked labels are in [0, C) or ignore_index: one pass decides
-        else:
-            valid = self.valid_mask(labels)
-            if valid.all():
-                valid = None
-        return logits.reshape(n, c, -1), labels, valid
-
-    def _drop_background(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        if self.include_background or tensors[0].shape[1] == 1:
-            return tensors
-        return tuple(t[:, 1:] for t in tensors)
-
-    @staticmethod
-    def _image_count(labels: Tensor, valid: Tensor | None) -> Tensor | int:
-        """Images with at least one labelled pixel (the item of ``per_image=True``); a plain int when no pixel
-        is ignored (no host-to-device copy on CUDA)."""
-        if valid is None:
-            return labels.shape[0] if labels.shape[1] > 0 else 0
-        return valid.any(dim=1).sum()
-
-    def extra_repr(self) -> str:
-        return f"include_background={self.include_background}, per_image={self.per_image}, {super().extra_repr()}"
-
-
 class OverlapLoss(SegmentationLoss):
     """A loss of the soft overlap statistics (TP, predicted mass, label count) per image or over the batch."""
 

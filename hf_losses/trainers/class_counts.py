@@ -45,48 +45,58 @@ def class_counts(
     and ``ignore_value`` (e.g. SegFormer's ``semantic_loss_ignore_index`` 255) are not counted.
     ``label_kind="binary"``: multi-hot rows ``(C,)``; the count of class ``c`` is its number of positive entries.
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-    except ImportError as error:  # pragma: no cover - datasets depends on pyarrow
-        raise ImportError("class weights from a dataset need `datasets` (pyarrow).") from error
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "column_names"):
         raise TypeError(
             f"class weights from the training data need a `datasets.Dataset`, got "
             f"{type(dataset).__name__}; pass explicit numbers to `class_weights` instead."
         )
     label_column = label_column or label_column_of(dataset)
+    values, num_rows = _flat_label_values(dataset, label_column)
+    if label_kind == "binary":
+        return _multi_hot_counts(values, num_rows, num_classes, label_column)
+    return _index_counts(values, num_classes, label_column, ignore_value)
+
+
+def _flat_label_values(dataset: Any, label_column: str) -> tuple[np.ndarray, int]:
+    """Every label entry of the column, nested lists flattened by Arrow, and the number of rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError as error:  # pragma: no cover - datasets depends on pyarrow
+        raise ImportError("class weights from a dataset need `datasets` (pyarrow).") from error
     column = dataset.with_format("arrow")[label_column]
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     num_rows = len(column)
-
-    def is_list(arrow_type: Any) -> bool:
-        return (
-            pa.types.is_list(arrow_type)
-            or pa.types.is_large_list(arrow_type)
-            or pa.types.is_fixed_size_list(arrow_type)
-        )
-
-    while is_list(column.type):
+    while (
+        pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)
+    ):
         column = pc.list_flatten(column)
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise TypeError(
             f"class weights: cannot count labels of type {column.type} in column '{label_column}' "
             f"(images must be decoded first); pass explicit numbers to `class_weights`."
         )
-    values = column.to_numpy(zero_copy_only=False)
-    if label_kind == "binary":
-        if num_rows == 0 or values.size % num_rows:
-            raise ValueError(f"class weights: multi-label rows of '{label_column}' must all have the same length.")
-        matrix = values.astype(np.float64).reshape(num_rows, -1)
-        counts = (matrix > 0.5).sum(axis=0).astype(np.int64)
-        if num_classes is not None and counts.shape[0] != num_classes:
-            raise ValueError(
-                f"class weights: multi-label rows have {counts.shape[0]} entries but the model has "
-                f"{num_classes} labels."
-            )
-        return counts
+    return column.to_numpy(zero_copy_only=False), num_rows
+
+
+def _multi_hot_counts(values: np.ndarray, num_rows: int, num_classes: int | None, label_column: str) -> np.ndarray:
+    """Positive entries per class of multi-hot rows."""
+    if num_rows == 0 or values.size % num_rows:
+        raise ValueError(f"class weights: multi-label rows of '{label_column}' must all have the same length.")
+    matrix = values.astype(np.float64).reshape(num_rows, -1)
+    counts = (matrix > 0.5).sum(axis=0).astype(np.int64)
+    if num_classes is not None and counts.shape[0] != num_classes:
+        raise ValueError(
+            f"class weights: multi-label rows have {counts.shape[0]} entries but the model has {num_classes} labels."
+        )
+    return counts
+
+
+def _index_counts(
+    values: np.ndarray, num_classes: int | None, label_column: str, ignore_value: int | None
+) -> np.ndarray:
+    """Entries per class of integer labels; negative values and ``ignore_value`` are not counted."""
     values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
     values = values.astype(np.int64)
     valid = values >= 0

@@ -53,6 +53,29 @@ def lm_hidden_states_and_head(
     """
     check_logit_processing(model, getattr(loss, "softcap", None), strict=loss is not None)
     inner = unwrap(model)
+    head, linears = _head_linears(inner)
+    model_inputs = {
+        key: value for key, value in inputs.items() if key not in ("labels", "shift_labels", "num_items_in_batch")
+    }
+    captured = _run_with_head_intercepted(model, linears, model_inputs)
+    if "hidden" not in captured:
+        raise NotImplementedError(
+            f"{type(inner).__name__} did not call its LM head module "
+            f"({type(head).__name__}) in forward; hidden-state losses cannot intercept it."
+        )
+    module = captured["module"]
+    if "weight" in captured:  # ZeRO-3
+        output = captured.get("output")
+        weight, bias = captured["weight"], captured["bias"]
+        if output is not None:
+            weight = _GradientThrough.apply(weight, output)
+            bias = None if bias is None else _GradientThrough.apply(bias, output)
+        return captured["hidden"], weight, bias
+    return captured["hidden"], module.weight, module.bias
+
+
+def _head_linears(inner: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The model's LM head and the Linear-like modules inside it that own a ``(V, H)`` weight."""
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if head is None:
         raise NotImplementedError(
@@ -66,7 +89,14 @@ def lm_hidden_states_and_head(
             f"the LM head {type(head).__name__} of {type(inner).__name__} has no weight "
             f"matrix the chunked loss could use."
         )
+    return head, linears
 
+
+def _run_with_head_intercepted(
+    model: nn.Module, linears: list[nn.Module], model_inputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run ``model`` with hooks that keep the head's input (and, under ZeRO-3, a gathered weight copy) and hand
+    the head an empty slice, so it computes no logits."""
     captured: dict[str, Any] = {}
 
     def keep_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -86,28 +116,12 @@ def lm_hidden_states_and_head(
 
     handles = [linear.register_forward_pre_hook(keep_input, with_kwargs=True) for linear in linears]
     handles += [linear.register_forward_hook(keep_output) for linear in linears]
-    model_inputs = {
-        key: value for key, value in inputs.items() if key not in ("labels", "shift_labels", "num_items_in_batch")
-    }
     try:
         model(**model_inputs)
     finally:
         for handle in handles:
             handle.remove()
-    if "hidden" not in captured:
-        raise NotImplementedError(
-            f"{type(inner).__name__} did not call its LM head module "
-            f"({type(head).__name__}) in forward; hidden-state losses cannot intercept it."
-        )
-    module = captured["module"]
-    if "weight" in captured:  # ZeRO-3
-        output = captured.get("output")
-        weight, bias = captured["weight"], captured["bias"]
-        if output is not None:
-            weight = _GradientThrough.apply(weight, output)
-            bias = None if bias is None else _GradientThrough.apply(bias, output)
-        return captured["hidden"], weight, bias
-    return captured["hidden"], module.weight, module.bias
+    return captured
 
 
 def check_logit_processing(model: nn.Module, softcap: float | None = None, strict: bool = True) -> None:
