@@ -125,10 +125,17 @@ def generalized_dice_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, smoo
 
 # ------------------------------------------------------------------------------------------ losses
 class OverlapLoss(SegmentationLoss):
-    """A loss of the soft overlap statistics (TP, predicted mass, label count) per image or over the batch."""
+    """A loss of the soft overlap statistics (TP, predicted mass, label count) per image or over the batch.
+
+    Its parameters are those of Dice and generalized Dice, which take them as they are."""
 
     def __init__(
-        self, *, smooth: float, include_background: bool, per_image: bool, across_processes: bool, ignore_index: int
+        self,
+        smooth: float = DEFAULT_SMOOTH,
+        include_background: bool = True,
+        per_image: bool = True,
+        across_processes: bool = True,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         smooth = check_number(self._label(), "smooth", smooth, minimum=0.0)
         super().__init__(
@@ -185,22 +192,6 @@ class DiceLoss(OverlapLoss):
     summary = "Soft Dice loss (per image or over the batch), mean over classes."
     reference = "Milletari et al. 2016, V-Net (arXiv:1606.04797)"
 
-    def __init__(
-        self,
-        smooth: float = DEFAULT_SMOOTH,
-        include_background: bool = True,
-        per_image: bool = True,
-        across_processes: bool = True,
-        ignore_index: int = IGNORE_INDEX,
-    ) -> None:
-        super().__init__(
-            smooth=smooth,
-            include_background=include_background,
-            per_image=per_image,
-            across_processes=across_processes,
-            ignore_index=ignore_index,
-        )
-
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         return dice_loss(tp, pred_sum, target_sum, self.smooth).mean(-1)
 
@@ -216,22 +207,6 @@ class GeneralizedDiceLoss(OverlapLoss):
 
     summary = "Generalized Dice loss: Dice with class weights 1/|G_c|^2 for imbalanced segmentation."
     reference = "Sudre et al. 2017, Generalised Dice overlap (arXiv:1707.03237)"
-
-    def __init__(
-        self,
-        smooth: float = DEFAULT_SMOOTH,
-        include_background: bool = True,
-        per_image: bool = True,
-        across_processes: bool = True,
-        ignore_index: int = IGNORE_INDEX,
-    ) -> None:
-        super().__init__(
-            smooth=smooth,
-            include_background=include_background,
-            per_image=per_image,
-            across_processes=across_processes,
-            ignore_index=ignore_index,
-        )
 
     def score(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         return generalized_dice_loss(tp, pred_sum, target_sum, self.smooth)
