@@ -9,6 +9,7 @@ loaded. :func:`hf_losses.trainers.resolution.resolve_loss` then builds the loss 
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from hf_losses.losses.class_weights import WEIGHT_METHODS
 from hf_losses.registry import component_names
 from hf_losses.suggestions import did_you_mean
 from hf_losses.tasks import TASKS
+from hf_losses.trainers.nonfinite import NONFINITE_MODES
 from hf_losses.trainers.resolution import build_loss, fill_class_information
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,17 @@ def parse_class_weights(value: Any) -> str | list[float] | None:
         numbers = list(value.tolist() if hasattr(value, "tolist") else value)
         if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             raise ValueError(f"`class_weights` must be a non-empty list of numbers, got {value!r}.")
-        if any(v < 0 or v != v for v in numbers):
-            raise ValueError(f"`class_weights` must be >= 0, got {numbers}.")
+        if any(not math.isfinite(v) or v < 0 for v in numbers):
+            raise ValueError(f"`class_weights` must be finite numbers >= 0, got {numbers}.")
+        if not any(numbers):
+            raise ValueError(f"`class_weights` are all 0, which makes the loss identically 0; got {numbers}.")
         return [float(v) for v in numbers]
     raise TypeError(f"`class_weights` must be one of {list(WEIGHT_METHODS)}, a list of numbers or None, got {value!r}.")
+
+
+def _refuse_nonfinite_json(constant: str) -> float:
+    """``json.loads`` hook for the non-standard ``NaN`` / ``Infinity`` / ``-Infinity``."""
+    raise ValueError(f"`loss_kwargs` must be strict JSON: {constant} is not a number a loss parameter can take.")
 
 
 @dataclass
@@ -96,6 +105,22 @@ class LossTrainingArguments(TrainingArguments):
         },
     )
 
+    nonfinite_loss: str = field(
+        default="raise",
+        metadata={
+            "help": "What a NaN or infinite training loss does: 'raise' (stop before the optimizer step, saying "
+            "where and why), 'skip' (drop that step's update on every process, count it in the logs) or 'ignore' "
+            "(train on, as transformers does)."
+        },
+    )
+    allow_loss_change: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint trained with another loss (or other loss parameters or weights), or "
+            "one missing its loss state; by default that is refused with the list of differences."
+        },
+    )
+
     def __post_init__(self) -> None:
         self._validate_loss()
         changes = distributed_cpu_settings(
@@ -115,7 +140,7 @@ class LossTrainingArguments(TrainingArguments):
             self.loss_kwargs = {}
         if isinstance(self.loss_kwargs, str):
             try:
-                self.loss_kwargs = json.loads(self.loss_kwargs)
+                self.loss_kwargs = json.loads(self.loss_kwargs, parse_constant=_refuse_nonfinite_json)
             except json.JSONDecodeError as error:
                 raise ValueError(
                     f"`loss_kwargs` must be a JSON object such as '{{\"gamma\": 2.0}}', got "
@@ -126,6 +151,11 @@ class LossTrainingArguments(TrainingArguments):
                 f"`loss_kwargs` must be a dict (a JSON object on the command line), got {self.loss_kwargs!r}."
             )
         self.loss_kwargs = dict(self.loss_kwargs)
+        if self.nonfinite_loss not in NONFINITE_MODES:
+            raise ValueError(
+                f"`nonfinite_loss` must be one of {list(NONFINITE_MODES)}, got {self.nonfinite_loss!r}."
+                f"{did_you_mean(self.nonfinite_loss, NONFINITE_MODES)}"
+            )
         self.class_weights = parse_class_weights(self.class_weights)
         if not isinstance(self.class_weights_beta, (int, float)) or not 0.0 <= self.class_weights_beta < 1.0:
             raise ValueError(f"`class_weights_beta` must be in [0, 1), got {self.class_weights_beta!r}.")

@@ -4,6 +4,7 @@ section, so a model pushed to the Hub says how it was trained."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,14 +18,18 @@ _SECTION_END = "<!-- end hf-losses training loss -->"
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON values; a non-finite float becomes the string ``"inf"``/``"-inf"``/``"nan"`` (strict JSON has
+    no such numbers, and readers other than Python's reject a bare ``Infinity``)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
+        return _jsonable(value.detach().cpu().tolist())
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
@@ -69,7 +74,7 @@ def write_loss_config(output_dir: str, config: Mapping[str, Any]) -> str:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOSS_CONFIG_NAME)
     with open(path, "w", encoding="utf-8") as file:
-        json.dump(config, file, indent=2, sort_keys=True)
+        json.dump(_jsonable(config), file, indent=2, sort_keys=True, allow_nan=False)
         file.write("\n")
     return path
 

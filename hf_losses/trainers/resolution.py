@@ -15,12 +15,15 @@ from torch import nn
 
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import HiddenStatesLoss, labels_compatible
+from hf_losses.losses.segmentation_base import SegmentationLoss
 from hf_losses.losses.class_weights import WEIGHT_METHODS, weights_from_counts
 from hf_losses.registry import component_names, describe_loss, get_loss, is_expression
 from hf_losses.tasks import Task, build_task
 from hf_losses.trainers.class_counts import read_class_counts
 from hf_losses.trainers.model_card import loss_config
 
+#: tasks whose labels are maps (images) that segmentation losses can measure overlap on; "unknown": a custom model
+SPATIAL_TASKS = ("semantic_segmentation", "unknown")
 #: loss parameters that receive ``class_weights``, in order of preference
 WEIGHT_PARAMETERS = ("weight", "alpha", "class_weights")
 #: loss parameters that receive the training set's class counts when the user does not give them
@@ -111,6 +114,13 @@ def check_loss_fits_task(loss: nn.Module, loss_type: str, task: Task) -> None:
                 f"loss_task='causal_lm' (or a causal-LM model), got task '{task.name}'."
             )
         return
+    spatial = [name for name, part in _parts(loss, loss_type) if isinstance(part, SegmentationLoss)]
+    if spatial and task.name not in SPATIAL_TASKS:
+        raise ValueError(
+            f"LossTrainer: loss '{spatial[0]}' is a segmentation loss (overlap of label maps, per image or over the "
+            f"batch) but the task '{task.name}' has no spatial labels: every sample would be a one-pixel image. Use "
+            f"it with loss_task='semantic_segmentation' (or a segmentation model), or choose a loss for this task."
+        )
     kind = getattr(loss, "label_kind", None)
     if not labels_compatible(kind, task.label_kind):
         wanted = "integer class ids" if kind == "index" else "float targets shaped like the logits"
@@ -119,6 +129,14 @@ def check_loss_fits_task(loss: nn.Module, loss_type: str, task: Task) -> None:
             f"'{task.name}' gives {task.label_kind} labels; choose a loss for this task or set "
             f"`loss_task`."
         )
+
+
+def _parts(loss: nn.Module, loss_type: str) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of a composite's components, else of the loss itself."""
+    components = getattr(loss, "losses", None)
+    if isinstance(components, nn.ModuleDict):
+        return list(components.items())
+    return [(loss_type, loss)]
 
 
 def _parameters(name: str) -> dict[str, Any]:

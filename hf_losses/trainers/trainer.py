@@ -40,8 +40,10 @@ from hf_losses.compat import call_trainer_log, counts_items_in_hook, declare_los
 from hf_losses.distributed import sum_across_processes
 from hf_losses.trainers import loss_state
 from hf_losses.trainers.callbacks import ComponentAverager, LossStateCallback, weights_to_log
+from hf_losses.trainers.checkpoints import check_resume, last_complete_checkpoint
 from hf_losses.trainers.loss_calls import LossCall, loss_call_for
 from hf_losses.trainers.model_card import LOSS_CONFIG_NAME, add_training_loss_section, write_loss_config
+from hf_losses.trainers.nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite_report
 from hf_losses.trainers.resolution import LossPlan, resolve_loss
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class LossTrainer(Trainer):
             # our losses (and the rescaled model loss) are normalised by the step's global item count; losses
             # with whole-batch statistics keep the stock division by the accumulation steps
             declare_loss_scaling(self, scaled_for_accumulation=plan.decomposable)
+        self._guard = self._nonfinite_guard()
         self._loss_attached = False
         if plan.loss is not None and model is not None:
             plan.loss.to(self.args.device)
@@ -94,6 +97,19 @@ class LossTrainer(Trainer):
                     "weighting) is not supported under FSDP yet; use DDP or DeepSpeed ZeRO."
                 )
             self._loss_attached = loss_state.attach_loss(model, plan.loss)
+
+    def _nonfinite_guard(self) -> NonFiniteGuard | None:
+        mode = getattr(self.args, "nonfinite_loss", "raise")
+        if mode == "skip" and self.is_deepspeed_enabled:
+            raise ValueError(
+                "LossTrainer: nonfinite_loss='skip' is not available under DeepSpeed (its engine steps inside "
+                "backward); use 'raise', or fp16 whose dynamic loss scaling skips overflowing steps itself."
+            )
+        previous = getattr(self, "_guard", None)
+        guard = None if mode == "ignore" else NonFiniteGuard(mode)
+        if guard is not None and previous is not None:
+            guard.skipped_steps = previous.skipped_steps
+        return guard
 
     def _refuse_stock_loss_options(self, loss_type: str) -> None:
         if self.compute_loss_func is not None:
@@ -159,11 +175,24 @@ class LossTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ loss
     def compute_loss(
-        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
     ) -> Tensor | tuple[Tensor, Any]:
-        if self._stock:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         training = model.training and not self._predicting
+        if self._stock:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            result = self._loss_and_outputs(model, inputs, num_items_in_batch, training, return_outputs)
+        if training and self._guard is not None:
+            self._check_finite(model, result[0] if return_outputs else result, inputs)
+        return result
+
+    def _loss_and_outputs(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, training: bool, return_outputs: bool
+    ) -> Tensor | tuple[Tensor, Any]:
         if not training:
             num_items_in_batch = None  # evaluation: per-batch means, as the stock Trainer
         if self.loss is not None:
@@ -174,6 +203,23 @@ class LossTrainer(Trainer):
         if num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP / DeepSpeed average gradients over processes
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, model: nn.Module, loss: Tensor, inputs: dict[str, Any]) -> None:
+        """Keep the micro-batch's finiteness on the device; decide on the window's last micro-batch, before its
+        backward (see :mod:`hf_losses.trainers.nonfinite`)."""
+        self._guard.observe(loss, inputs)
+        if not self.accelerator.sync_gradients:
+            return
+        if not self._guard.window_is_nonfinite(self.args.world_size):
+            self._guard.reset()
+        elif self._guard.mode == "skip":
+            self._guard.skip_pending = True  # the gradients are dropped after this backward (training_step)
+        else:
+            message = nonfinite_report(
+                self._guard, model, self._call, self.plan, self.state.global_step + 1, self.args.process_index
+            )
+            self._guard.reset()
+            raise NonFiniteLossError(message)
 
     def _prepare_loss(self, training: bool) -> None:
         """The loss's train/eval mode, and the global step for losses with schedules."""
@@ -198,6 +244,8 @@ class LossTrainer(Trainer):
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._guard is not None and self._guard.skip_pending:
+            self._drop_update(model)
         if (
             self._loss_attached
             and self.accelerator.sync_gradients
@@ -206,6 +254,26 @@ class LossTrainer(Trainer):
         ):
             loss_state.average_loss_gradients(self.loss, self.args.world_size)
         return loss
+
+    def _drop_update(self, model: nn.Module) -> None:
+        """``nonfinite_loss="skip"``: discard the window's gradients so the optimizer step changes nothing (an fp16
+        scaler finds the non-finite gradients and skips the step itself)."""
+        self._guard.skip_pending = False
+        self._guard.reset()
+        self._guard.skipped_steps += 1
+        if getattr(self.accelerator, "scaler", None) is not None:
+            return
+        for parameter in model.parameters():
+            parameter.grad = None
+        if self.loss is not None:
+            for parameter in self.loss.parameters():
+                parameter.grad = None
+        logger.warning(
+            "LossTrainer: non-finite loss at optimizer step %d; the step's update is skipped "
+            "(nonfinite_loss='skip', %d skipped so far).",
+            self.state.global_step + 1,
+            self._guard.skipped_steps,
+        )
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
@@ -225,6 +293,8 @@ class LossTrainer(Trainer):
             for name, value in self._components.pop_means(self.state.global_step).items():
                 logs[f"loss/{name}"] = value
             logs.update(weights_to_log(self.loss))
+        if "loss" in logs and self._guard is not None and self._guard.skipped_steps:
+            logs = {**logs, "nonfinite_skipped_steps": self._guard.skipped_steps}
         call_trainer_log(super().log, logs, start_time)
 
     # ------------------------------------------------------------------------------------------ saving
@@ -254,8 +324,18 @@ class LossTrainer(Trainer):
         if self.loss is not None:
             loss_state.load_loss_state(self.loss, checkpoint, parameters_restored_elsewhere=self.is_deepspeed_enabled)
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        if resume_from_checkpoint is True:  # transformers would take the newest folder, complete or not
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if isinstance(resume_from_checkpoint, str):
+            has_state = self.loss is not None and bool(self.loss.state_dict())
+            check_resume(
+                resume_from_checkpoint,
+                self._loss_config,
+                has_state,
+                bool(getattr(self.args, "allow_loss_change", False)),
+            )
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.args.should_save:
             write_loss_config(self.args.output_dir, self._loss_config)
         return output

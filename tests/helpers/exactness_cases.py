@@ -41,6 +41,8 @@ TASK_LIMITS: dict[str, tuple[str, ...]] = {
     "relevance_diversity": ("sequence_classification", "token_classification", "causal_lm"),
     # works from hidden states and the LM head
     "causal_lm": ("causal_lm",),
+    # segmentation losses measure overlap of label maps: refused on tasks without spatial labels
+    **{name: ("semantic_segmentation",) for name in ("dice", "generalized_dice", "tversky", "focal_tversky", "lovasz")},
     # two classes (a vocabulary of 2 makes no language model)
     "fn_penalty": ("sequence_classification", "token_classification", "semantic_segmentation"),
 }
