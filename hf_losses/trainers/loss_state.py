@@ -76,18 +76,29 @@ def save_loss_state(output_dir: str, loss: nn.Module, extra_state: dict[str, Any
 
 def load_loss_state(loss: nn.Module, checkpoint: str, parameters_restored_elsewhere: bool = False) -> None:
     """Restore ``loss_state.pt`` from ``checkpoint`` (nothing to do without one). Under DeepSpeed the parameters
-    come back from DeepSpeed's own checkpoint: only buffers are loaded here."""
+    come back from DeepSpeed's own checkpoint: only buffers are loaded here. A damaged file, or one holding the state
+    of another loss, is an error naming the file."""
     path = os.path.join(checkpoint, LOSS_STATE_NAME)
     if not os.path.isfile(path):
         return
     device = next(iter(loss.state_dict().values()), torch.empty(0)).device
-    state = torch.load(path, map_location=device, weights_only=True)
-    if parameters_restored_elsewhere:
-        parameter_names = {name for name, _ in loss.named_parameters()}
-        loss.load_state_dict({key: value for key, value in state.items() if key not in parameter_names}, strict=False)
-        return
-    with torch.no_grad():
-        loss.load_state_dict(state)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or holding more than tensors
+        raise ValueError(
+            f"cannot read the loss state {path}: {error}. The checkpoint is damaged; resume from another one."
+        ) from None
+    try:
+        if parameters_restored_elsewhere:
+            parameter_names = {name for name, _ in loss.named_parameters()}
+            loss.load_state_dict(
+                {key: value for key, value in state.items() if key not in parameter_names}, strict=False
+            )
+            return
+        with torch.no_grad():
+            loss.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"the loss state {path} does not fit the loss {type(loss).__name__}: {error}") from None
 
 
 def average_loss_gradients(loss: nn.Module, world_size: int) -> None:

@@ -15,8 +15,8 @@ from torch import nn
 
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import HiddenStatesLoss, labels_compatible
-from hf_losses.losses.segmentation_base import SegmentationLoss
 from hf_losses.losses.class_weights import WEIGHT_METHODS, weights_from_counts
+from hf_losses.losses.segmentation_base import SegmentationLoss
 from hf_losses.registry import component_names, describe_loss, get_loss, is_expression
 from hf_losses.tasks import Task, build_task
 from hf_losses.trainers.class_counts import read_class_counts

@@ -320,9 +320,16 @@ class LossTrainer(Trainer):
             self.load_loss_state(checkpoint)
 
     def load_loss_state(self, checkpoint: str) -> None:
-        """Restore the loss's state (learned weights, schedules, running averages) from ``loss_state.pt``."""
-        if self.loss is not None:
+        """Restore the loss's state (learned weights, schedules, running averages) from ``loss_state.pt``; with
+        ``allow_loss_change`` a state that does not fit the new loss is left out (the loss starts afresh)."""
+        if self.loss is None:
+            return
+        try:
             loss_state.load_loss_state(self.loss, checkpoint, parameters_restored_elsewhere=self.is_deepspeed_enabled)
+        except ValueError as error:
+            if not getattr(self.args, "allow_loss_change", False):
+                raise
+            logger.warning("LossTrainer: allow_loss_change: the loss state is not restored (%s)", error)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:  # transformers would take the newest folder, complete or not
