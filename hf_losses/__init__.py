@@ -10,7 +10,11 @@ from hf_losses.registry import describe_loss, get_loss, list_losses, register_lo
 __version__ = "0.1.0"
 
 __all__ = [
+    "LossArgumentsMixin",
+    "LossSeq2SeqTrainer",
+    "LossSeq2SeqTrainingArguments",
     "LossTrainer",
+    "LossTrainerMixin",
     "LossTrainingArguments",
     "__version__",
     "describe_loss",
@@ -20,12 +24,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hf_losses.trainers import LossTrainer, LossTrainingArguments
+    from hf_losses.trainers import (
+        LossArgumentsMixin,
+        LossSeq2SeqTrainer,
+        LossSeq2SeqTrainingArguments,
+        LossTrainer,
+        LossTrainerMixin,
+        LossTrainingArguments,
+    )
+
+
+#: names served by ``hf_losses.trainers`` (imported on first use)
+_TRAINER_NAMES = tuple(name for name in __all__ if name.startswith("Loss"))
 
 
 def __getattr__(name: str) -> Any:
     # transformers is imported only when the trainer is asked for: the losses work in a plain PyTorch loop.
-    if name in ("LossTrainer", "LossTrainingArguments"):
+    if name in _TRAINER_NAMES:
         from hf_losses import trainers
 
         return getattr(trainers, name)

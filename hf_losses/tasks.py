@@ -26,6 +26,9 @@ from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.language import shift_causal_labels
 from hf_losses.suggestions import did_you_mean
 
+#: batch entries that are labels, not model inputs
+LABEL_KEYS = ("labels", "shift_labels")
+
 TASKS = (
     "auto",
     "sequence_classification",
@@ -34,6 +37,7 @@ TASKS = (
     "causal_lm",
     "semantic_segmentation",
     "regression",
+    "seq2seq_lm",
 )
 PROBLEM_TYPES = {
     "single_label_classification": "sequence_classification",
@@ -70,10 +74,15 @@ def infer_task(model: Any) -> str | None:
     """The task of a transformers head from its class name (then ``config.architectures``); None if unknown."""
     model = unwrap(model)
     config = getattr(model, "config", None)
-    for name in [type(model).__name__] + list(getattr(config, "architectures", None) or []):
+    names = [type(model).__name__] + list(getattr(config, "architectures", None) or [])
+    for name in names:
         for suffix, task in _HEAD_SUFFIXES:
             if name.endswith(suffix):
                 return task
+    # T5, BART, Marian...: the decoder predicts the labels as given (the model shifts its decoder inputs itself);
+    # decoder-only "ForConditionalGeneration" models (LLaVA...) shift labels like a causal LM and are not matched
+    if getattr(config, "is_encoder_decoder", False) and any(n.endswith("ForConditionalGeneration") for n in names):
+        return "seq2seq_lm"
     return None
 
 
@@ -104,6 +113,11 @@ class Task:
     def loss_labels(self, inputs: Mapping[str, Any]) -> Tensor:
         """The labels exactly as :meth:`read` hands them to the loss (for counting a window's items)."""
         return inputs["labels"]
+
+    def model_inputs(self, model: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's keyword inputs for an hf-losses loss: the batch without its labels (so the model does not
+        compute a loss of its own)."""
+        return {key: value for key, value in inputs.items() if key not in LABEL_KEYS}
 
     def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """``(logits, labels)`` for the loss, from the model's outputs and the batch holding the labels."""
@@ -167,6 +181,25 @@ class TokenClassificationTask(Task):
 
     def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
         return (inputs["labels"] != IGNORE_INDEX).sum()
+
+
+@dataclass
+class Seq2SeqLMTask(TokenClassificationTask):
+    """An encoder-decoder's decoder logits ``(N, T, V)``: position ``t`` predicts ``labels[t]`` (no shift; the model
+    shifts its decoder inputs itself). Without labels the model needs ``decoder_input_ids``: they are made from the
+    labels with the model's own ``prepare_decoder_input_ids_from_labels``, as ``DataCollatorForSeq2Seq`` does."""
+
+    def model_inputs(self, model: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        model_inputs = super().model_inputs(model, inputs)
+        if "decoder_input_ids" not in model_inputs and "decoder_inputs_embeds" not in model_inputs:
+            prepare = getattr(unwrap(model), "prepare_decoder_input_ids_from_labels", None)
+            if prepare is None:
+                raise ValueError(
+                    f"seq2seq_lm: the batch has no `decoder_input_ids` and {type(unwrap(model)).__name__} "
+                    f"cannot make them from labels; use DataCollatorForSeq2Seq(tokenizer, model=model)."
+                )
+            model_inputs["decoder_input_ids"] = prepare(labels=inputs["labels"])
+        return model_inputs
 
 
 def next_token_labels(inputs: Mapping[str, Any], ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -271,6 +304,8 @@ def build_task(task: str, model: Any = None, ignore_index: int = IGNORE_INDEX) -
         return RegressionTask(name=task, ignore_index=ignore_index)
     if task == "token_classification":
         return TokenClassificationTask(name=task, ignore_index=ignore_index)
+    if task == "seq2seq_lm":
+        return Seq2SeqLMTask(name=task, ignore_index=ignore_index)
     if task == "causal_lm":
         return CausalLMTask(name=task, ignore_index=ignore_index)
     return SemanticSegmentationTask(

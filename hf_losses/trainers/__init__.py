@@ -1,6 +1,16 @@
-"""Trainer integration: ``LossTrainingArguments`` (loss flags) and ``LossTrainer`` (exact loss scaling)."""
+"""Trainer integration: the loss flags (``LossTrainingArguments``, ``LossSeq2SeqTrainingArguments``, or
+``LossArgumentsMixin`` for your own arguments) and the trainers (``LossTrainer``, ``LossSeq2SeqTrainer``, or
+``LossTrainerMixin`` before your own Trainer subclass)."""
 
-from hf_losses.trainers.arguments import LossTrainingArguments
-from hf_losses.trainers.trainer import LossTrainer
+from hf_losses.trainers.arguments import LossArgumentsMixin, LossSeq2SeqTrainingArguments, LossTrainingArguments
+from hf_losses.trainers.mixin import LossTrainerMixin
+from hf_losses.trainers.trainer import LossSeq2SeqTrainer, LossTrainer
 
-__all__ = ["LossTrainer", "LossTrainingArguments"]
+__all__ = [
+    "LossArgumentsMixin",
+    "LossSeq2SeqTrainer",
+    "LossSeq2SeqTrainingArguments",
+    "LossTrainer",
+    "LossTrainerMixin",
+    "LossTrainingArguments",
+]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from hf_losses.launch.checks import check_launch_config
 from hf_losses.launch.cpu import accelerator_available, distributed_cpu_settings
@@ -64,8 +64,9 @@ def _refuse_nonfinite_json(constant: str) -> float:
 
 
 @dataclass
-class LossTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with the loss to train with. See the field help for each flag."""
+class LossArgumentsMixin:
+    """The loss flags, for any ``TrainingArguments`` subclass: put it first,
+    ``@dataclass class MyArguments(LossArgumentsMixin, MyTrainingArguments)``. See the field help for each flag."""
 
     loss_type: str = field(
         default="auto",
@@ -183,3 +184,13 @@ class LossTrainingArguments(TrainingArguments):
         size = len(explicit) if explicit else 2
         weights = explicit if explicit else ([1.0] * size if self.class_weights is not None else None)
         build_loss(self.loss_type, fill_class_information(self.loss_type, self.loss_kwargs, weights, [1] * size))
+
+
+@dataclass
+class LossTrainingArguments(LossArgumentsMixin, TrainingArguments):
+    """``TrainingArguments`` with the loss to train with. See the field help for each flag."""
+
+
+@dataclass
+class LossSeq2SeqTrainingArguments(LossArgumentsMixin, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` with the loss to train with (token-level losses on the decoder's labels)."""

@@ -124,7 +124,7 @@ def read_class_counts(
     config = getattr(inner, "config", None)
     task = build_task(loss_task, model)
     label_kind = "binary" if task.name in ("multi_label", "regression") else "index"
-    if task.name == "causal_lm":
+    if task.name in ("causal_lm", "seq2seq_lm"):  # classes = the vocabulary
         embeddings = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
         num_classes = embeddings.weight.shape[0] if embeddings is not None else getattr(config, "vocab_size", None)
     else:

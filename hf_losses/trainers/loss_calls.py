@@ -23,8 +23,6 @@ from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
 
 #: ``num_items_in_batch`` unit used for the model's own loss (``loss_type="auto"``)
 MODEL_LOSS_UNIT = "model_loss_items"
-#: batch entries that are labels, not model inputs
-LABEL_KEYS = ("labels", "shift_labels")
 
 
 class LossCall:
@@ -76,7 +74,7 @@ class LogitsLossCall(LossCall):
         return dict(self.loss.num_items(self.task.loss_labels(batch)))
 
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
-        outputs = model(**{key: value for key, value in inputs.items() if key not in LABEL_KEYS})
+        outputs = model(**self.task.model_inputs(model, inputs))
         logits, labels = self.task.read(outputs, inputs)
         return self.loss(logits, labels, num_items_in_batch=num_items_in_batch), outputs
 
@@ -88,7 +86,7 @@ class HiddenStatesLossCall(LossCall):
         return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels")))
 
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
-        model_inputs = {key: value for key, value in inputs.items() if key not in LABEL_KEYS}
+        model_inputs = self.task.model_inputs(model, inputs)
         hidden_states, weight, bias = lm_hidden_states_and_head(model, model_inputs, loss=self.loss)
         loss = self.loss(
             hidden_states,
