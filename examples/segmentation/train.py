@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "save_strategy": "no",
     "report_to": "none",
     "seed": 42,
+    # every parameter gets a gradient at every step: without this, transformers asks DDP for
+    # find_unused_parameters=True (its default for any PreTrainedModel without gradient checkpointing), which costs
+    # an extra traversal of the autograd graph per step and makes every rank warn about it
+    "ddp_find_unused_parameters": False,
 }
 
 
