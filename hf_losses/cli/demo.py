@@ -184,6 +184,7 @@ def make_compute_metrics(label_names: Sequence[str]) -> Callable[[Any], dict[str
 # ------------------------------------------------------------------------------------------ main
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "hf_losses_demo",
+    "ddp_find_unused_parameters": False,  # MiniLM uses every parameter: no reducer warning under DDP
     "loss_type": "cross_entropy",
     "class_weights": "balanced",
     "num_train_epochs": 2.0,

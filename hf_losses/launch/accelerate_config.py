@@ -120,13 +120,19 @@ def check_shape(num_processes: int, num_machines: int, use_cpu: bool, zero_stage
 
 
 def _deepspeed_section(zero_stage: int | None, num_machines: int, deepspeed_config_file: str | None) -> dict[str, Any]:
-    """``deepspeed_config`` of a DeepSpeed YAML: only the JSON's path and the ZeRO-3 init flag."""
+    """``deepspeed_config`` of a DeepSpeed YAML: the JSON's path, the ZeRO-3 init flag and the multi-node launcher.
+
+    The launcher is always ``standard`` (torchrun on each machine): Accelerate reads it only with several machines,
+    and without it ``--num_machines N`` on a shipped single-node file falls back to pdsh, where each machine
+    trains alone without an error.
+    """
     if deepspeed_config_file is None:
         raise ValueError("config writer: a DeepSpeed config needs `deepspeed_config_file` (the JSON's path).")
-    section: dict[str, Any] = {"deepspeed_config_file": deepspeed_config_file, "zero3_init_flag": zero_stage == 3}
-    if num_machines > 1:
-        section["deepspeed_multinode_launcher"] = "standard"
-    return section
+    return {
+        "deepspeed_config_file": deepspeed_config_file,
+        "deepspeed_multinode_launcher": "standard",
+        "zero3_init_flag": zero_stage == 3,
+    }
 
 
 def _main_process_address(num_machines: int, ip: str | None, port: int | None) -> dict[str, Any]:

@@ -82,6 +82,10 @@ def key_comments(config: Mapping[str, Any]) -> dict[str, str]:
             "wraps each block listed in the model's _no_split_modules; add fsdp_transformer_layer_cls_to_wrap to "
             "name them yourself."
         )
+    if config["distributed_type"] == "DEEPSPEED":
+        notes["deepspeed_config.deepspeed_multinode_launcher"] = (
+            "read with --num_machines > 1 only: torchrun on each machine (without it, pdsh: each machine alone)."
+        )
     if config.get("use_cpu"):
         notes["use_cpu"] = "documents the intent; the training arguments decide (see the header)."
     return notes

@@ -82,16 +82,24 @@ def test_ddp_over_two_machines_with_the_shipped_multi_node_config(tmp_path, sing
         assert relative_error(gradients[case], single_process_gradients[case]) <= TOLERANCE, case
 
 
-def test_deepspeed_zero2_over_two_machines_with_a_written_two_machine_config(tmp_path, single_process_gradients):
+@pytest.mark.parametrize("source", ["written", "shipped"])
+def test_deepspeed_zero2_over_two_machines(tmp_path, single_process_gradients, source):
+    """``written``: ``hf-losses config --num_machines 2 --deepspeed 2``; ``shipped``: the single-node
+    ``configs/accelerate/deepspeed_zero2.yaml`` with ``--num_machines 2`` on the command line (its
+    ``deepspeed_multinode_launcher: standard`` makes the machines one job)."""
     pytest.importorskip("deepspeed")
     from hf_losses.launch.config_writer import write_launch_config
 
-    files = write_launch_config(tmp_path / "config", num_processes=2, num_machines=2, zero_stage=2)
-    assert files.distributed_type == "DEEPSPEED"
+    if source == "written":
+        files = write_launch_config(tmp_path / "config", num_processes=2, num_machines=2, zero_stage=2)
+        assert files.distributed_type == "DEEPSPEED"
+        config = files.accelerate_config
+    else:
+        config = REPO_ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml"
     output = tmp_path / "gradients.pt"
     records = run_two_machines(
         "deepspeed",
-        files.accelerate_config,
+        config,
         output,
         env={"TORCH_EXTENSIONS_DIR": str(REPO_ROOT / ".cache" / "torch_extensions")},
     )

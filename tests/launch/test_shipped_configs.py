@@ -79,9 +79,15 @@ def test_accelerate_yaml_maps_to_intended_settings(name):
     if deepspeed_file is None:
         assert not config.deepspeed_config
     else:
-        # only the file and the init flag: accelerate refuses inline GA / clipping / precision next to a file
+        # the file, the init flag and the multi-node launcher: accelerate refuses inline GA / clipping / precision
+        # next to a file; without "standard", --num_machines N falls back to pdsh and each machine trains alone
         assert config.deepspeed_config["deepspeed_config_file"] == deepspeed_file
-        assert set(config.deepspeed_config) == {"deepspeed_config_file", "zero3_init_flag"}
+        assert set(config.deepspeed_config) == {
+            "deepspeed_config_file",
+            "zero3_init_flag",
+            "deepspeed_multinode_launcher",
+        }
+        assert config.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
         assert (REPO_ROOT / deepspeed_file).is_file()
         assert config.deepspeed_config["zero3_init_flag"] == ("zero3" in name)
     if name == "fsdp":
