@@ -17,6 +17,7 @@ __all__ = [
     "LossTrainerMixin",
     "LossTrainingArguments",
     "__version__",
+    "compute_loss_func",
     "describe_loss",
     "get_loss",
     "list_losses",
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
         LossTrainer,
         LossTrainerMixin,
         LossTrainingArguments,
+        compute_loss_func,
     )
 
 
 #: names served by ``hf_losses.trainers`` (imported on first use)
-_TRAINER_NAMES = tuple(name for name in __all__ if name.startswith("Loss"))
+_TRAINER_NAMES = tuple(name for name in __all__ if name.startswith("Loss")) + ("compute_loss_func",)
 
 
 def __getattr__(name: str) -> Any:

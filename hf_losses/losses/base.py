@@ -19,6 +19,8 @@ What a loss takes decides its base class (and how the trainer calls it):
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Mapping
 from typing import ClassVar, Literal, Union
 
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from hf_losses.compat import autocast_dtype
 from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.checks import check_number, interval
 
 ItemUnit = Literal["label", "sample"]
 #: "index": integer class labels ``(N, d1, ...)``; "binary": 0/1 (or soft) float targets shaped like the logits;
@@ -44,6 +47,8 @@ __all__ = [
     "LogitsLoss",
     "Loss",
     "LossBase",
+    "check_same_device",
+    "index_labels",
     "labels_compatible",
     "reduce_by_items",
 ]
@@ -92,7 +97,8 @@ class LossBase(nn.Module):
             return {}
         valid = self.valid_mask(labels)
         if self.item_unit == "sample":
-            count = valid.reshape(valid.shape[0], -1).any(dim=1).sum()
+            # not reshape(N, -1): an empty batch (N = 0) or image (no pixel) has no unique -1
+            count = valid.reshape(valid.shape[0], math.prod(valid.shape[1:])).any(dim=1).sum()
         else:
             count = valid.sum()
         return {self.item_unit: count}
@@ -110,7 +116,7 @@ class LossBase(nn.Module):
             total, count = self.loss_sum(first.to(dtype), second if self.label_kind == "index" else second.to(dtype))
             if not self.decomposable:
                 return total.to(compute_dtype(total))
-            return reduce_by_items(total, count, num_items_in_batch, self.item_unit)
+            return reduce_by_items(total, count, num_items_in_batch, self.item_unit, self._label())
 
 
 class LogitsLoss(LossBase):
@@ -121,11 +127,14 @@ class LogitsLoss(LossBase):
         raise NotImplementedError
 
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        if self.label_kind == "index":
+            labels = index_labels(labels)
         self.check_inputs(logits, labels)
         return self._reduce_in_float32(logits, labels, num_items_in_batch)
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
-        """Raise a clear error for malformed inputs before any kernel runs."""
+        """Raise a clear error for malformed inputs before any kernel runs (integer labels of any dtype: the
+        forward converts them to int64 first)."""
         check_logits_labels(self._label(), logits, labels, self.label_kind, self.ignore_index)
 
 
@@ -192,6 +201,12 @@ class EmbeddingPairLoss(LossBase):
                 f"{owner}: query and key embeddings must both be (N, D) with the same shape, got "
                 f"{tuple(queries.shape)} and {tuple(keys.shape)}."
             )
+        if queries.shape[1] == 0:
+            raise ValueError(
+                f"{owner}: the embeddings must have D >= 1 dimensions, got shape {tuple(queries.shape)} (with D = 0 "
+                f"every similarity is 0: a constant loss with zero gradient)."
+            )
+        check_same_device(owner, {"query_embeddings": queries, "key_embeddings": keys})
 
 
 def float32_region(device_type: str) -> contextlib.AbstractContextManager:
@@ -207,24 +222,108 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
-def select_num_items(num_items_in_batch: NumItems, item_unit: str) -> NumItems:
+def select_num_items(num_items_in_batch: NumItems, item_unit: str, owner: str = "hf_losses") -> NumItems:
     """Pick this loss's count out of a per-unit mapping (composites mix units); pass a plain count through."""
     if isinstance(num_items_in_batch, Mapping):
-        return num_items_in_batch.get(item_unit)
+        if item_unit not in num_items_in_batch:
+            raise ValueError(
+                f"{owner}: `num_items_in_batch` has no count for its item unit '{item_unit}' (keys "
+                f"{sorted(map(str, num_items_in_batch))}); give {{'{item_unit}': count}}, as loss.num_items(labels) "
+                f"names it."
+            )
+        return num_items_in_batch[item_unit]
     return num_items_in_batch
 
 
-def reduce_by_items(total: Tensor, local_count: Tensor, num_items_in_batch: NumItems, item_unit: str) -> Tensor:
-    """``total / num_items_in_batch`` when given (global count), else ``total / local_count``; 0 for no items."""
+def check_num_items(owner: str, count: NumItems, local_count: Tensor | int | None = None) -> NumItems:
+    """A count of items: None, a number > 0, or a one-element numeric tensor.
+
+    A tensor's value is read only on the CPU, where that costs no device synchronisation: it must be >= 0, and 0
+    only when this call has no item either -- 0 is what the trainer counts for an accumulation window whose
+    labels are all ignored (the loss is then 0).
+    """
+    if count is None:
+        return None
+    if isinstance(count, Tensor):
+        if count.dtype == torch.bool or count.is_complex():
+            raise TypeError(f"{owner}: `num_items_in_batch` must be a count, got a tensor of dtype {count.dtype}.")
+        if count.numel() != 1:
+            raise ValueError(
+                f"{owner}: `num_items_in_batch` must be one count (a 0-d tensor), got shape {tuple(count.shape)}; "
+                f"for losses counting different items give a mapping {{item_unit: count}}."
+            )
+        if count.device.type == "cpu":
+            value = float(count)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(
+                    f"{owner}: `num_items_in_batch` must be a count in {interval(0.0, None)} (0: every label of the "
+                    f"batch ignored), got tensor {value:g}."
+                )
+            local = _host_value(local_count) if value == 0 else 0.0
+            if local > 0:
+                raise ValueError(
+                    f"{owner}: `num_items_in_batch` is 0 but this call has {local:g} items; it must count the items "
+                    f"of the whole batch (this call's included), or be None."
+                )
+        return count
+    if isinstance(count, numbers.Real) and not isinstance(count, bool):
+        count = float(count)  # numpy scalars
+    if not isinstance(count, float):
+        raise TypeError(
+            f"{owner}: `num_items_in_batch` must be a number > 0, a 0-d tensor, a mapping {{item_unit: count}} or "
+            f"None, got {type(count).__name__} {count!r}."
+        )
+    return check_number(owner, "num_items_in_batch", count, minimum=0.0, strict=True)
+
+
+def _host_value(count: Tensor | int | None) -> float:
+    """A count's value where reading it is free (a Python number, a CPU tensor); 0 where it is not."""
+    if isinstance(count, Tensor):
+        return float(count) if count.device.type == "cpu" else 0.0
+    return float(count or 0)
+
+
+def reduce_by_items(
+    total: Tensor, local_count: Tensor | int, num_items_in_batch: NumItems, item_unit: str, owner: str = "hf_losses"
+) -> Tensor:
+    """``total / num_items_in_batch`` when given (global count), else ``total / local_count``; 0 for no items.
+
+    ``num_items_in_batch`` is checked (:func:`check_num_items`): a count of 0 or less, NaN or inf is refused,
+    naming ``owner``.
+    """
     total = total.to(compute_dtype(total))
-    denominator = select_num_items(num_items_in_batch, item_unit)
+    denominator = check_num_items(owner, select_num_items(num_items_in_batch, item_unit, owner), local_count)
     if denominator is None:
         denominator = local_count
     if isinstance(denominator, Tensor):
-        denominator = denominator.to(device=total.device, dtype=total.dtype).clamp(min=1.0)
+        # reshape: a (1,) count keeps the result a scalar
+        denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype).clamp(min=1.0)
     else:
         denominator = max(float(denominator), 1.0)
     return total / denominator
+
+
+def index_labels(labels: Tensor) -> Tensor:
+    """Integer class labels as int64, converted once (int32, int16, int8, uint8... compute the same as int64);
+    anything else is returned as it is, for the checks to refuse."""
+    if (
+        isinstance(labels, Tensor)
+        and labels.dtype != torch.int64
+        and not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
+    ):
+        return labels.long()
+    return labels
+
+
+def check_same_device(owner: str, tensors: Mapping[str, Tensor | None]) -> None:
+    """Every tensor on the device of the first one; the message names both devices."""
+    (first_name, first), *others = [(name, t) for name, t in tensors.items() if t is not None]
+    for name, tensor in others:
+        if tensor.device != first.device:
+            raise ValueError(
+                f"{owner}: `{name}` is on device {tensor.device} but `{first_name}` on {first.device}; put them on "
+                f"the same device ({name}.to({first_name}.device))."
+            )
 
 
 def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: str, ignore_index: int) -> None:
@@ -238,6 +337,7 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
         raise TypeError(f"{owner}: `logits` must be a floating-point tensor, got dtype {logits.dtype}.")
     if logits.dim() < 1:
         raise ValueError(f"{owner}: `logits` must have a batch dimension, got a scalar.")
+    check_same_device(owner, {"logits": logits, "labels": labels})
     if label_kind == "index":
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
             raise TypeError(
@@ -253,6 +353,12 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
                 f"{tuple(logits.shape)}; expected {expected} (logits are (N, C, d1, ...))."
             )
         num_classes = logits.shape[1]
+        if num_classes < 2:
+            raise ValueError(
+                f"{owner}: `logits` must score C >= 2 classes along dim 1, got shape {tuple(logits.shape)}: a softmax "
+                f"over one class is 1, so the loss would be identically 0; for one binary output use 'bce' with "
+                f"float 0/1 labels, or give the model num_labels=2."
+            )
         if labels.numel() == 0:
             return
         low, high = torch.stack(labels.aminmax()).tolist()  # one pass and one device sync in the common case
@@ -277,3 +383,20 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
                 f"{owner}: `labels` shape {tuple(labels.shape)} must equal logits shape "
                 f"{tuple(logits.shape)} for {kind} targets."
             )
+        if label_kind == "target":
+            check_finite_targets(owner, labels, ignore_index)
+
+
+def check_finite_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
+    """Regression targets must be finite: one NaN or inf target makes the loss and every gradient NaN / inf.
+
+    Checked where the labels are on the CPU, where reading them costs no device synchronisation.
+    """
+    if labels.device.type != "cpu" or labels.numel() == 0:
+        return
+    finite = torch.isfinite(labels)
+    if not finite.all():
+        raise ValueError(
+            f"{owner}: `labels` must be finite regression targets (ignore_index={ignore_index} skips an entry); "
+            f"found {labels[~finite][0].item()}."
+        )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def interval(minimum: float | None, maximum: float | None, strict: bool = False) -> str:
+    """The allowed range as text: ``[0, inf)``, ``(0, 1]``, ``(-inf, inf)``; infinite ends are open (refused)."""
+    low = "(-inf" if minimum is None else f"{'(' if strict else '['}{minimum:g}"
+    high = "inf)" if maximum is None else f"{maximum:g}]"
+    return f"{low}, {high}"
 
 
 def check_number(
@@ -18,19 +26,21 @@ def check_number(
     maximum: float | None = None,
     strict: bool = False,
 ) -> float:
-    """A real number in [minimum, maximum] (or (minimum, ...] when ``strict``); returns it as float."""
+    """A finite real number in [minimum, maximum] (or (minimum, ...] when ``strict``); returns it as float.
+
+    NaN and +-inf are refused: no parameter of a loss means anything at infinity (an infinite focusing
+    parameter, smoothing or temperature makes the loss constant or NaN).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{owner}: `{name}` must be a number, got {type(value).__name__} {value!r}.")
     value = float(value)
-    if value != value:
-        raise ValueError(f"{owner}: `{name}` must be a number, got NaN.")
+    allowed = interval(minimum, maximum, strict)
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: `{name}` must be a finite number in {allowed}, got {value}.")
     low_bad = minimum is not None and (value <= minimum if strict else value < minimum)
     high_bad = maximum is not None and value > maximum
     if low_bad or high_bad:
-        low = "-inf" if minimum is None else f"{minimum:g}"
-        high = "inf" if maximum is None else f"{maximum:g}"
-        bracket = "(" if strict else "["
-        raise ValueError(f"{owner}: `{name}` must be in {bracket}{low}, {high}], got {value:g}.")
+        raise ValueError(f"{owner}: `{name}` must be in {allowed}, got {value:g}.")
     return value
 
 
@@ -55,8 +65,26 @@ def check_choice(owner: str, name: str, value: Any, allowed: Sequence[Any]) -> A
     return value
 
 
-def as_vector(owner: str, name: str, value: Any, *, minimum: float | None = 0.0, strict: bool = False) -> Tensor:
-    """A 1-D float32 tensor from a list/tuple/tensor of numbers, each checked against ``minimum``."""
+def check_finite(owner: str, name: str, tensor: Tensor) -> None:
+    """Every entry finite (no NaN, no +-inf); for parameters given at construction, not for per-call inputs."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{owner}: `{name}` must be finite (no NaN or inf), got {tensor.tolist()}.")
+
+
+def as_vector(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = 0.0,
+    strict: bool = False,
+    allow_all_zero: bool = False,
+) -> Tensor:
+    """A 1-D float32 tensor from a list/tuple/tensor of numbers, each checked against ``minimum``.
+
+    All entries 0 are refused unless ``allow_all_zero``: as class weights they weigh every item 0, so the loss
+    is identically 0 with a zero gradient.
+    """
     if isinstance(value, Tensor):
         vector = value.detach().to(torch.float32)
     elif (
@@ -69,13 +97,16 @@ def as_vector(owner: str, name: str, value: Any, *, minimum: float | None = 0.0,
         raise TypeError(f"{owner}: `{name}` must be a list of numbers or a 1-D tensor, got {value!r}.")
     if vector.dim() != 1 or vector.numel() == 0:
         raise ValueError(f"{owner}: `{name}` must be a non-empty 1-D list of numbers, got shape {tuple(vector.shape)}.")
-    if not torch.isfinite(vector).all():
-        raise ValueError(f"{owner}: `{name}` must be finite, got {vector.tolist()}.")
+    check_finite(owner, name, vector)
     if minimum is not None:
         bad = vector <= minimum if strict else vector < minimum
         if bad.any():
             relation = ">" if strict else ">="
             raise ValueError(f"{owner}: every entry of `{name}` must be {relation} {minimum:g}, got {vector.tolist()}.")
+    if not allow_all_zero and not (vector != 0).any():
+        raise ValueError(
+            f"{owner}: `{name}` must have at least one entry > 0 (all zeros weigh every item 0), got {vector.tolist()}."
+        )
     return vector
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from hf_losses.losses.base import LogitsLoss, NumItems, labels_compatible, select_num_items
+from hf_losses.losses.base import LogitsLoss, NumItems, index_labels, labels_compatible, select_num_items
 from hf_losses.losses.checks import check_number
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import get_loss, register_loss, resolve_name
@@ -129,6 +129,9 @@ class CompositeLoss(LogitsLoss):
             loss.check_inputs(logits, labels)
 
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        if self.label_kind == "index":
+            labels = index_labels(labels)  # once, not once per component
+        self._check_count_per_unit(num_items_in_batch)
         values: dict[str, Tensor] = {}
         fractions: dict[str, Tensor | float] = {}
         for name, loss in self.losses.items():
@@ -136,13 +139,26 @@ class CompositeLoss(LogitsLoss):
             # the share of the step's items in this call scales the once-per-step parts of learned weightings
             fractions[name] = (
                 item_fraction(
-                    loss.num_items(labels).get(loss.item_unit), select_num_items(num_items_in_batch, loss.item_unit)
+                    loss.num_items(labels).get(loss.item_unit),
+                    select_num_items(num_items_in_batch, loss.item_unit, self._label()),
                 )
                 if loss.decomposable
                 else 1.0
             )
         self.last_components = {name: value.detach() for name, value in values.items()}
         return self.weighting.combine(values, fractions)
+
+    def _check_count_per_unit(self, num_items_in_batch: NumItems) -> None:
+        """One plain count cannot serve components that count different items (labels and images)."""
+        if num_items_in_batch is None or isinstance(num_items_in_batch, Mapping):
+            return
+        units = {name: loss.item_unit for name, loss in self.losses.items() if loss.decomposable}
+        if len(set(units.values())) > 1:
+            raise ValueError(
+                f"{self._label()}: `num_items_in_batch` must be a mapping {{item_unit: count}} because the components "
+                f"count different items ({', '.join(f'{n}: {u}' for n, u in units.items())}), got "
+                f"{num_items_in_batch!r}; loss.num_items(labels) gives each unit's count."
+            )
 
     def extra_repr(self) -> str:
         return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weighting.static_weights.items())

@@ -9,6 +9,8 @@ give the loss and the gradients of 1 process x 8 pairs.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,6 +99,13 @@ class InfoNCELoss(EmbeddingPairLoss):
         if self.across_processes:
             total = all_reduce_sum_with_grad(total)
         count = sum(sizes)
+        if count == 1:
+            warnings.warn(
+                f"{self._label()}: the batch holds 1 pair, so there is no in-batch negative: the loss is 0 with zero "
+                f"gradient. Use batches of >= 2 pairs (e.g. drop_last=True in the DataLoader).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return total / max(count, 1), torch.tensor(count, device=queries.device)
 
     def extra_repr(self) -> str:

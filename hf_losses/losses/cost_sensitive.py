@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import LogitsLoss
-from hf_losses.losses.checks import check_choice, check_number
+from hf_losses.losses.checks import check_choice, check_finite, check_number
 from hf_losses.losses.ignored import count_valid
 from hf_losses.registry import register_loss
 
@@ -35,8 +35,7 @@ def as_cost_matrix(owner: str, cost_matrix: Any) -> Tensor:
             f"{owner}: `cost_matrix` must be a square C x C matrix with C >= 2 "
             f"(cost_matrix[true][predicted]), got shape {tuple(matrix.shape)}."
         )
-    if not torch.isfinite(matrix).all():
-        raise ValueError(f"{owner}: `cost_matrix` must be finite, got {matrix.tolist()}.")
+    check_finite(owner, "cost_matrix", matrix)
     if (matrix < 0).any():
         raise ValueError(
             f"{owner}: every entry of `cost_matrix` must be >= 0 (a cost, not a reward), got {matrix.tolist()}."

@@ -13,10 +13,20 @@ import torch
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import HiddenStatesLoss, NumItems, compute_dtype, reduce_by_items
+from hf_losses.losses.base import (
+    HiddenStatesLoss,
+    NumItems,
+    check_same_device,
+    compute_dtype,
+    index_labels,
+    reduce_by_items,
+)
 from hf_losses.losses.checks import as_vector, check_number
 from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
 from hf_losses.registry import register_loss
+
+#: dtypes the LM head's matrix product takes (hidden states, weight and bias may mix them)
+MATMUL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def shift_causal_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -74,12 +84,23 @@ class CausalLMLoss(HiddenStatesLoss):
         self.last_components: dict[str, Tensor] = {}
 
     def targets(self, labels: Tensor | None, shift_labels: Tensor | None = None) -> Tensor:
-        """The shifted targets: ``shift_labels`` when given, else ``labels`` shifted by one position."""
+        """The shifted targets: ``shift_labels`` when given, else ``labels`` shifted by one position (int64)."""
         if shift_labels is not None:
-            return shift_labels
+            return self._token_ids("shift_labels", shift_labels)
         if labels is None:
             raise ValueError(f"{self._label()}: give `labels` (unshifted) or `shift_labels`.")
-        return shift_causal_labels(labels, self.ignore_index)
+        return shift_causal_labels(self._token_ids("labels", labels), self.ignore_index)
+
+    def _token_ids(self, name: str, ids: Tensor) -> Tensor:
+        """Integer token ids of any integer dtype, as int64 (converted once)."""
+        if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(
+                f"{self._label()}: `{name}` must be integer token ids (torch.long), got "
+                f"{getattr(ids, 'dtype', type(ids).__name__)}."
+            )
+        if ids.dim() < 1:
+            raise ValueError(f"{self._label()}: `{name}` must be (N, T) token ids, got a scalar.")
+        return index_labels(ids)
 
     def forward(
         self,
@@ -96,12 +117,13 @@ class CausalLMLoss(HiddenStatesLoss):
                 f"loss(hidden_states, labels, weight=model.get_output_embeddings().weight), not loss(logits, labels) "
                 f"(for logits use 'cross_entropy')."
             )
+        self.check_head(hidden_states, weight, bias)
         targets = self.targets(labels, shift_labels)
-        self.check_hidden_inputs(hidden_states, targets, weight, bias)
+        self.check_targets(hidden_states, targets, weight.shape[0])
         count = self.valid_mask(targets).sum()
         # 1 / (num_items_in_batch, else the local count), clamped to >= 1: the contract's reduction
         one = torch.ones((), dtype=compute_dtype(hidden_states), device=hidden_states.device)
-        scale = reduce_by_items(one, count, num_items_in_batch, self.item_unit)
+        scale = reduce_by_items(one, count, num_items_in_batch, self.item_unit, self._label())
         loss, z_part = linear_cross_entropy(
             hidden_states,
             targets,
@@ -119,8 +141,8 @@ class CausalLMLoss(HiddenStatesLoss):
         self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part} if self.z_loss > 0 else {}
         return loss
 
-    def check_hidden_inputs(self, hidden_states: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-        """Shapes, dtypes and label range, with messages naming the loss and what it expects."""
+    def check_head(self, hidden_states: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        """The hidden states ``(..., H)`` and the LM head ``weight (V, H)`` / ``bias (V,)``: shapes, dtypes, device."""
         owner = self._label()
         for name, value in (("hidden_states", hidden_states), ("weight", weight)):
             if not isinstance(value, Tensor) or not value.is_floating_point():
@@ -128,24 +150,41 @@ class CausalLMLoss(HiddenStatesLoss):
                     f"{owner}: `{name}` must be a floating-point torch.Tensor, got "
                     f"{getattr(value, 'dtype', type(value).__name__)}."
                 )
+        if bias is not None and not isinstance(bias, Tensor):
+            raise ValueError(f"{owner}: `bias` must be None or a ({weight.shape[0]},) tensor, got {bias!r}.")
+        for name, value in (("hidden_states", hidden_states), ("weight", weight), ("bias", bias)):
+            if value is not None and value.is_floating_point() and value.dtype not in MATMUL_DTYPES:
+                raise TypeError(
+                    f"{owner}: `{name}` has dtype {value.dtype}, which the head's matrix product cannot take; "
+                    f"give it in one of {[str(d) for d in MATMUL_DTYPES]}."
+                )
         if hidden_states.dim() < 2:
             raise ValueError(f"{owner}: `hidden_states` must be (N, T, H), got shape {tuple(hidden_states.shape)}.")
         if weight.dim() != 2 or weight.shape[1] != hidden_states.shape[-1]:
+            partitioned = (
+                " (an empty weight is a DeepSpeed ZeRO-3 partition: gather it first, with "
+                "deepspeed.zero.GatheredParameters)"
+                if weight.numel() == 0
+                else ""
+            )
             raise ValueError(
                 f"{owner}: `weight` is the LM head weight (V, H) with H={hidden_states.shape[-1]} "
-                f"(the hidden size), got shape {tuple(weight.shape)}."
+                f"(the hidden size): pass model.get_output_embeddings().weight, got shape "
+                f"{tuple(weight.shape)}{partitioned}."
             )
         vocab_size = weight.shape[0]
-        if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (vocab_size,)):
+        if vocab_size < 2:
             raise ValueError(
-                f"{owner}: `bias` must be None or a ({vocab_size},) tensor, got "
-                f"{tuple(bias.shape) if isinstance(bias, Tensor) else bias!r}."
+                f"{owner}: `weight` must score V >= 2 tokens, got shape {tuple(weight.shape)}: a softmax over one "
+                f"token is 1, so the loss would be identically 0."
             )
-        if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.dtype == torch.bool:
-            raise TypeError(
-                f"{owner}: `labels`/`shift_labels` must be integer token ids (torch.long), got "
-                f"{getattr(targets, 'dtype', type(targets).__name__)}."
-            )
+        if bias is not None and tuple(bias.shape) != (vocab_size,):
+            raise ValueError(f"{owner}: `bias` must be None or a ({vocab_size},) tensor, got {tuple(bias.shape)}.")
+        check_same_device(owner, {"hidden_states": hidden_states, "weight": weight, "bias": bias})
+
+    def check_targets(self, hidden_states: Tensor, targets: Tensor, vocab_size: int) -> None:
+        """Targets shaped like the hidden states without H, token ids in ``[0, V)`` or ``ignore_index``."""
+        owner = self._label()
         if tuple(targets.shape) != tuple(hidden_states.shape[:-1]):
             raise ValueError(
                 f"{owner}: labels shape {tuple(targets.shape)} must equal hidden_states shape "

@@ -208,8 +208,11 @@ def _zero_accumulators(
     grad_hidden = None
     if need_hidden:
         grad_hidden = torch.zeros_like(plan.rows_all) if plan.gather else torch.empty_like(plan.rows_all)
-    # float32 accumulation across chunks even for a bf16 head (its .grad is cast once, in backward)
-    weight_grad_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    # float32 accumulation across chunks even for a bf16 head (its .grad is cast once, in backward); float64 when
+    # the products run in float64 (float64 hidden states with a float32 head)
+    weight_grad_dtype = torch.promote_types(
+        weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32, plan.acc_dtype
+    )
     grad_weight = torch.zeros(weight.shape, dtype=weight_grad_dtype, device=device) if need_weight else None
     grad_bias = torch.zeros(weight.shape[0], dtype=plan.acc_dtype, device=device) if need_bias else None
     return total, z_total, grad_hidden, grad_weight, grad_bias

@@ -92,8 +92,11 @@ class BCELoss(MultiLabelLoss):
             self.per_class = False
         else:
             self.per_class = pos_weight is not None
+        # 0 is allowed, even everywhere: it drops the positive term only, the negatives still give a loss and a
+        # gradient (the loss is not identically 0), as PyTorch allows it
         self.register_buffer(
-            "pos_weight", None if pos_weight is None else as_vector(self._label(), "pos_weight", pos_weight)
+            "pos_weight",
+            None if pos_weight is None else as_vector(self._label(), "pos_weight", pos_weight, allow_all_zero=True),
         )
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
@@ -268,6 +271,11 @@ class AsymmetricLoss(MultiLabelLoss):
         self.gamma_neg = check_number(owner, "gamma_neg", gamma_neg, minimum=0.0)
         self.clip = check_number(owner, "clip", clip, minimum=0.0, maximum=1.0)
         self.eps = check_number(owner, "eps", eps, minimum=0.0, maximum=1.0, strict=True)
+        if self.eps == 1.0:
+            raise ValueError(
+                f"{owner}: `eps` must be in (0, 1), got 1 (it floors the probabilities inside the logs: with eps=1 "
+                f"every term is log 1 = 0, a loss identically 0); the paper's 1e-8 is the default."
+            )
         self.detach_focusing = check_bool(owner, "detach_focusing", detach_focusing)
 
     def per_entry(self, logits: Tensor, targets: Tensor) -> Tensor:

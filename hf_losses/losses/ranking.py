@@ -14,8 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import LogitsLoss, NumItems, compute_dtype, float32_region, reduce_by_items, select_num_items
-from hf_losses.losses.checks import as_vector, check_choice, check_int, check_number
+from hf_losses.losses.base import (
+    LogitsLoss,
+    NumItems,
+    compute_dtype,
+    float32_region,
+    index_labels,
+    reduce_by_items,
+    select_num_items,
+)
+from hf_losses.losses.checks import as_vector, check_choice, check_finite, check_int, check_number
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import register_loss
 
@@ -125,8 +133,22 @@ class RelevanceDiversityLoss(LogitsLoss):
         self.sampled_negatives = check_int(owner, "sampled_negatives", sampled_negatives, minimum=0)
         self.negative_sampling = check_choice(owner, "negative_sampling", negative_sampling, ("uniform", "popularity"))
         self.weighting = ComponentWeighting(
-            owner, COMPONENTS, weights, schedules, weighting, temperature, dwa_period_steps, initial_log_variance
+            owner,
+            COMPONENTS,
+            weights,
+            schedules,
+            weighting,
+            temperature,
+            dwa_period_steps,
+            initial_log_variance,
+            weight_parameters={name: f"{name}_weight" for name in COMPONENTS},
         )
+        penalised = [name for name in ("diversity", "popularity") if self.weighting.is_active(name)]
+        if self.top_k < 2 and penalised:
+            raise ValueError(
+                f"{owner}: `top_k` must be >= 2 when {' and '.join(f'`{n}_weight`' for n in penalised)} > 0, got "
+                f"{self.top_k}: the mass over one item is 1, so the penalty would be a constant with zero gradient."
+            )
         # configuration, not state: kept out of state_dict so a resumed loss built from loss_kwargs loads cleanly
         self.register_buffer("item_embeddings", None, persistent=False)
         self.register_buffer("item_popularity", None, persistent=False)
@@ -155,14 +177,12 @@ class RelevanceDiversityLoss(LogitsLoss):
             raise ValueError(
                 f"{owner}: `item_embeddings` must be 2-D (V items, D dims), got shape {tuple(embeddings.shape)}."
             )
+        check_finite(owner, "item_embeddings", embeddings)  # once, when set: a NaN row would make every loss NaN
         self.item_embeddings = embeddings
 
     def set_item_popularity(self, counts: Sequence[float] | Tensor) -> None:
         """Interaction count per item ``(V,)`` (>= 0), for the popularity penalty and popularity sampling."""
-        counts = as_vector(self._label(), "item_popularity", counts, minimum=0.0)
-        if counts.max() <= 0:
-            raise ValueError(f"{self._label()}: `item_popularity` needs at least one positive count.")
-        self.item_popularity = counts
+        self.item_popularity = as_vector(self._label(), "item_popularity", counts, minimum=0.0)
 
     # ------------------------------------------------------------------------------------------ weights/state
     def set_step(self, step: int) -> None:
@@ -239,13 +259,16 @@ class RelevanceDiversityLoss(LogitsLoss):
         return self.weighting.combine(sums, {name: count for name in sums}), count
 
     def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+        labels = index_labels(labels)
         self.check_inputs(logits, labels)
+        owner = self._label()
         with float32_region(logits.device.type):
             sums, count = self.component_sums(logits.to(compute_dtype(logits)), labels)
             values = {
-                name: reduce_by_items(total, count, num_items_in_batch, self.item_unit) for name, total in sums.items()
+                name: reduce_by_items(total, count, num_items_in_batch, self.item_unit, owner)
+                for name, total in sums.items()
             }
-            fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit))
+            fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit, owner))
             self.last_components = {name: value.detach() for name, value in values.items()}
             return self.weighting.combine(values, {name: fraction for name in values})
 

@@ -4,6 +4,8 @@ and the class probabilities / one-hot targets both the overlap losses and Lovasz
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -55,14 +57,15 @@ class SegmentationLoss(LogitsLoss):
     def _flatten(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(N, C, P)`` logits, ``(N, P)`` labels and the valid-pixel mask (None when no pixel is ignored)."""
         n, c = logits.shape[:2]
-        labels = labels.reshape(n, -1)
+        pixels = math.prod(labels.shape[1:])  # not -1: an empty batch (N = 0) or image (P = 0) has no unique -1
+        labels = labels.reshape(n, pixels)
         if self.ignore_index < 0 and (labels.numel() == 0 or labels.min() >= 0):
             valid = None  # checked labels are in [0, C) or ignore_index: one pass decides
         else:
             valid = self.valid_mask(labels)
             if valid.all():
                 valid = None
-        return logits.reshape(n, c, -1), labels, valid
+        return logits.reshape(n, c, pixels), labels, valid
 
     def _drop_background(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         if self.include_background or tensors[0].shape[1] == 1:

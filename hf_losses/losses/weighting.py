@@ -153,6 +153,7 @@ class ComponentWeighting(nn.Module):
         temperature: float = 2.0,
         dwa_period_steps: int = 100,
         initial_log_variance: float = 0.0,
+        weight_parameters: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.owner = owner
@@ -165,6 +166,7 @@ class ComponentWeighting(nn.Module):
                 f"{owner}: `schedules` names {unknown} which are not components; components are {self.names}."
             )
         self.schedules = {name: WeightSchedule.from_config(owner, name, config) for name, config in schedules.items()}
+        self._check_some_component_active(weight_parameters or {})
         self.weighting = check_choice(owner, "weighting", weighting, WEIGHTINGS)
         self.temperature = check_number(owner, "temperature", temperature, minimum=0.0, strict=True)
         self.dwa_period_steps = check_int(owner, "dwa_period_steps", dwa_period_steps, minimum=1)
@@ -184,6 +186,21 @@ class ComponentWeighting(nn.Module):
             self.register_buffer("dwa_history", torch.full((2, count), float("nan"), dtype=torch.float64))
             self.register_buffer("dwa_period", torch.zeros((), dtype=torch.long))
             self.register_buffer("dwa_lambdas", torch.ones(count, dtype=torch.float32))
+
+    def _check_some_component_active(self, weight_parameters: Mapping[str, str]) -> None:
+        """Refuse weights that are 0 for every component at every step: the loss would be identically 0."""
+        if any(self.is_active(name) for name in self.names):
+            return
+        reasons = [
+            f"`{weight_parameters.get(name, f'weights[{name!r}]')}`=0"
+            if self.static_weights[name] == 0.0
+            else f"`schedules[{name!r}]` is 0 at every step"
+            for name in self.names
+        ]
+        raise ValueError(
+            f"{self.owner}: every component has weight 0 ({', '.join(reasons)}), so the loss would be identically 0 "
+            f"with zero gradient; give at least one component a weight > 0."
+        )
 
     # ------------------------------------------------------------------------------------------ step
     def set_step(self, step: int) -> None:

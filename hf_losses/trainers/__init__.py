@@ -1,8 +1,9 @@
 """Trainer integration: the loss flags (``LossTrainingArguments``, ``LossSeq2SeqTrainingArguments``, or
 ``LossArgumentsMixin`` for your own arguments) and the trainers (``LossTrainer``, ``LossSeq2SeqTrainer``, or
-``LossTrainerMixin`` before your own Trainer subclass)."""
+``LossTrainerMixin`` before your own Trainer subclass), and ``compute_loss_func`` for the stock Trainer."""
 
 from hf_losses.trainers.arguments import LossArgumentsMixin, LossSeq2SeqTrainingArguments, LossTrainingArguments
+from hf_losses.trainers.loss_function import compute_loss_func
 from hf_losses.trainers.mixin import LossTrainerMixin
 from hf_losses.trainers.trainer import LossSeq2SeqTrainer, LossTrainer
 
@@ -13,4 +14,5 @@ __all__ = [
     "LossTrainer",
     "LossTrainerMixin",
     "LossTrainingArguments",
+    "compute_loss_func",
 ]

@@ -123,8 +123,8 @@ def test_perfectly_separated_pairs_give_almost_zero_loss():
 
 
 BAD_CONSTRUCTION = [
-    ({"temperature": 0.0}, ValueError, "`temperature` must be in (0, inf], got 0"),
-    ({"temperature": -1.0}, ValueError, "`temperature` must be in (0, inf], got -1"),
+    ({"temperature": 0.0}, ValueError, "`temperature` must be in (0, inf), got 0"),
+    ({"temperature": -1.0}, ValueError, "`temperature` must be in (0, inf), got -1"),
     ({"symmetric": "yes"}, TypeError, "parameter 'symmetric' must be bool"),
     ({"temprature": 0.1}, ValueError, "Did you mean 'temperature'?"),
 ]

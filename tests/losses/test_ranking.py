@@ -56,7 +56,7 @@ def test_diversity_weight_zero_equals_softmax_cross_entropy_exactly():
     assert torch.equal(grad, reference_grad)
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 12])
+@pytest.mark.parametrize("top_k", [2, 3, 12])  # top_k=1 (a constant penalty) is refused, see test_nothing_silent
 def test_diversity_term_equals_pairwise_cosine_loop(top_k):
     logits, labels, embeddings, _ = _batch()
     loss = get_loss("relevance_diversity", diversity_weight=0.7, item_embeddings=embeddings, top_k=top_k)
@@ -65,8 +65,6 @@ def test_diversity_term_equals_pairwise_cosine_loop(top_k):
     assert loss.last_components["diversity"].item() == pytest.approx(diversity, rel=1e-5)
     expected = F.cross_entropy(logits, labels).item() + 0.7 * diversity
     assert value.item() == pytest.approx(expected, rel=1e-5)
-    if top_k == 1:  # one item: its mass is 1 and cos(e, e) = 1
-        assert diversity == pytest.approx(1.0)
 
 
 def test_popularity_term_equals_loop():
@@ -284,7 +282,7 @@ def test_schedule_drives_the_diversity_weight():
         ({"top_k": 0}, None, ValueError, "`top_k` must be an int >= 1, got 0"),
         ({"sampled_negatives": -1}, None, ValueError, "`sampled_negatives` must be an int >= 0"),
         ({"negative_sampling": "zipf"}, None, ValueError, "'negative_sampling' must be one of 'uniform', 'popularity'"),
-        ({"diversity_weight": -1.0}, None, ValueError, r"`diversity_weight` must be in \[0, inf\]"),
+        ({"diversity_weight": -1.0}, None, ValueError, r"`diversity_weight` must be in \[0, inf\)"),
         ({"weighting": "gradnorm"}, None, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
         ({"item_popularity": [1.0, -2.0]}, None, ValueError, "every entry of `item_popularity` must be >= 0"),
         ({"item_embeddings": torch.ones(3)}, None, ValueError, "`item_embeddings` must be 2-D"),

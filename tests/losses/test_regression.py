@@ -33,7 +33,7 @@ def test_ignored_targets_are_excluded_and_all_ignored_gives_zero():
 
 
 def test_huber_rejects_non_positive_delta():
-    with pytest.raises(ValueError, match=r"loss 'huber': `delta` must be in \(0, inf\], got 0"):
+    with pytest.raises(ValueError, match=r"loss 'huber': `delta` must be in \(0, inf\), got 0"):
         get_loss("huber", delta=0.0)
 
 

@@ -334,12 +334,12 @@ def test_autocast_bf16_computes_in_float32():
 
 # ------------------------------------------------------------------------------------------ bad input
 BAD_CONSTRUCTION = [
-    ("dice", {"smooth": -1.0}, ValueError, "`smooth` must be in [0, inf], got -1"),
-    ("tversky", {"alpha": -0.1}, ValueError, "`alpha` must be in [0, inf], got -0.1"),
-    ("tversky", {"beta": -2}, ValueError, "`beta` must be in [0, inf], got -2"),
+    ("dice", {"smooth": -1.0}, ValueError, "`smooth` must be in [0, inf), got -1"),
+    ("tversky", {"alpha": -0.1}, ValueError, "`alpha` must be in [0, inf), got -0.1"),
+    ("tversky", {"beta": -2}, ValueError, "`beta` must be in [0, inf), got -2"),
     ("tversky", {"alpha": 0.0, "beta": 0.0}, ValueError, "`alpha` + `beta` must be > 0"),
-    ("focal_tversky", {"gamma": -1.0}, ValueError, "`gamma` must be in (0, inf], got -1"),
-    ("focal_tversky", {"gamma": 0.0}, ValueError, "`gamma` must be in (0, inf], got 0"),
+    ("focal_tversky", {"gamma": -1.0}, ValueError, "`gamma` must be in (0, inf), got -1"),
+    ("focal_tversky", {"gamma": 0.0}, ValueError, "`gamma` must be in (0, inf), got 0"),
     ("focal_tversky", {"alpha": 0, "beta": 0}, ValueError, "`alpha` + `beta` must be > 0"),
     ("dice", {"per_image": "yes"}, TypeError, "parameter 'per_image' must be bool"),
     ("dice", {"smoth": 1.0}, ValueError, "Did you mean 'smooth'?"),

@@ -65,7 +65,7 @@ def test_schedule_gives_documented_weight_at_step(config, step, expected):
         (_linear(0.0, 1.0, 10, 10), ValueError, "needs end_step > start_step, got start_step=10, end_step=10"),
         (_linear(0.0, 1.0, -1, 10), ValueError, r"`schedules\['dice'\]\['start_step'\]` must be an int >= 0, got -1"),
         (_linear(0.0, 1.0, 0, 10.5), ValueError, r"\['end_step'\]` must be an int >= 0, got 10.5"),
-        (_linear(-1.0, 1.0, 0, 10), ValueError, r"\['start_value'\]` must be in \[0, inf\], got -1"),
+        (_linear(-1.0, 1.0, 0, 10), ValueError, r"\['start_value'\]` must be in \[0, inf\), got -1"),
         ({**_linear(0.0, 1.0, 0, 10), "warmup": 3}, ValueError, r"unknown keys \['warmup'\]"),
         ({"schedule": "constant", "value": 1.0, "end_value": 2.0}, ValueError, r"unknown keys \['end_value'\]"),
     ],
@@ -309,7 +309,7 @@ def test_composite_uncertainty_all_ignored_gives_zero_with_zero_gradient():
     [
         ({"schedules": {"dice": 1.0}}, ValueError, r"`schedules` names \['dice'\] which are not components"),
         ({"weighting": "gradnorm"}, ValueError, "'weighting' must be one of 'fixed', 'uncertainty', 'dwa'"),
-        ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\]"),
+        ({"temperature": 0.0}, ValueError, r"`temperature` must be in \(0, inf\)"),
         ({"dwa_period_steps": 0}, ValueError, "`dwa_period_steps` must be an int >= 1, got 0"),
         ({"schedules": {"focal": {"schedule": "linear"}}}, ValueError, r"missing \['start_value'"),
     ],
