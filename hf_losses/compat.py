@@ -2,41 +2,23 @@
 
 Each shim tests for the feature (not the version number), names the versions that need it, and says when it can
 go: when the lowest version declared in ``pyproject.toml`` has the feature. ``tests/test_compat.py`` runs every
-branch, the old one included, against stand-ins of the old signatures.
+branch, the old one included, against stand-ins of the old signatures; ``scripts/test_min_versions.sh`` runs the
+trainer tests on the lowest declared versions (transformers 4.57, accelerate 1.4, datasets 3.0).
+
+Gone with ``transformers>=4.57``: the ``Trainer.log(logs)`` signature without ``start_time`` (< 4.47) and the item
+count inside ``get_batch_samples`` without the ``_get_num_items_in_batch`` hook (< 4.57).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["autocast_dtype", "call_trainer_log", "counts_items_in_hook", "declare_loss_scaling"]
+__all__ = ["autocast_dtype", "declare_loss_scaling"]
 
 
 # ------------------------------------------------------------------------------------------ transformers
-def call_trainer_log(log: Callable[..., None], logs: dict[str, float], start_time: float | None) -> None:
-    """``Trainer.log(logs, start_time)``; transformers < 4.47 has no ``start_time`` parameter.
-
-    Can go when ``transformers>=4.47`` is the lower bound.
-    """
-    if "start_time" in inspect.signature(log).parameters:
-        log(logs, start_time)
-    else:
-        log(logs)
-
-
-def counts_items_in_hook(trainer_class: type) -> bool:
-    """Whether the Trainer counts ``num_items_in_batch`` in ``_get_num_items_in_batch`` (transformers >= 4.57).
-
-    Before 4.57 ``get_batch_samples`` counts inline (``labels != -100``, once), so ``LossTrainer`` replaces the
-    count there. Can go (with ``LossTrainer.get_batch_samples``) when ``transformers>=4.57`` is the lower bound.
-    """
-    return hasattr(trainer_class, "_get_num_items_in_batch")
-
-
 def declare_loss_scaling(trainer: Any, scaled_for_accumulation: bool) -> None:
     """Tell the Trainer whether ``compute_loss`` already returns the loss scaled for gradient accumulation.
 

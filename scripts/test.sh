@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks, offline: sets up .venv if needed, then ruff (lint + format) and the test suite; nothing is fetched from
-# the Hugging Face Hub.
+# The checks, offline: sets up .venv if needed, then ruff (lint + format) and the test suite, then (full runs) the
+# trainer tests with the lowest declared versions (scripts/test_min_versions.sh); nothing comes from the Hugging Face Hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,3 +11,8 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extension
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
+# a full run (no arguments) also tests the lowest declared versions
+if [ "$#" -eq 0 ]; then
+  deactivate
+  bash scripts/test_min_versions.sh
+fi

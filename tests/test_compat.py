@@ -6,32 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from transformers import Trainer
 
-from hf_losses.compat import autocast_dtype, call_trainer_log, counts_items_in_hook, declare_loss_scaling
-
-
-def test_trainer_log_gets_start_time_only_where_it_takes_one():
-    calls = []
-
-    def new_log(logs, start_time=None):  # transformers >= 4.47
-        calls.append(("new", logs, start_time))
-
-    def old_log(logs):  # transformers < 4.47
-        calls.append(("old", logs))
-
-    call_trainer_log(new_log, {"loss": 1.0}, 12.5)
-    call_trainer_log(old_log, {"loss": 2.0}, 12.5)
-    assert calls == [("new", {"loss": 1.0}, 12.5), ("old", {"loss": 2.0})]
-
-
-def test_item_counting_hook_is_detected():
-    class OldTrainer:  # transformers < 4.57: get_batch_samples counts inline
-        def get_batch_samples(self): ...
-
-    assert counts_items_in_hook(Trainer) is hasattr(Trainer, "_get_num_items_in_batch")
-    assert counts_items_in_hook(Trainer)  # the pinned version has the hook
-    assert not counts_items_in_hook(OldTrainer)
+from hf_losses.compat import autocast_dtype, declare_loss_scaling
 
 
 def test_loss_scaling_is_declared_for_old_and_new_trainers():

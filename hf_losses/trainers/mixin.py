@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer
 
-from hf_losses.compat import call_trainer_log, counts_items_in_hook, declare_loss_scaling
+from hf_losses.compat import declare_loss_scaling
 from hf_losses.distributed import sum_across_processes
 from hf_losses.trainers import loss_state
 from hf_losses.trainers.callbacks import ComponentAverager, LossStateCallback, weights_to_log
@@ -152,12 +152,6 @@ class LossTrainerMixin:
         return [name for name in super().get_decay_parameter_names(model) if not loss_state.is_loss_parameter(name)]
 
     # ------------------------------------------------------------------------------------------ counting
-    def get_batch_samples(self, *args: Any, **kwargs: Any) -> tuple[list, Any]:
-        batch_samples, num_items_in_batch = super().get_batch_samples(*args, **kwargs)
-        if not self._stock and not counts_items_in_hook(Trainer):
-            num_items_in_batch = self._get_num_items_in_batch(batch_samples, self.args.device)
-        return batch_samples, num_items_in_batch
-
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
         """``{item_unit: count}`` of the whole accumulation window, summed across processes (None for losses
         with whole-batch statistics and during evaluation, which uses per-batch means)."""
@@ -300,7 +294,7 @@ class LossTrainerMixin:
             logs.update(weights_to_log(self.loss))
         if "loss" in logs and self._guard is not None and self._guard.skipped_steps:
             logs = {**logs, "nonfinite_skipped_steps": self._guard.skipped_steps}
-        call_trainer_log(super().log, logs, start_time)
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

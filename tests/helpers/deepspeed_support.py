@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import torch
+from tiny_tasks import sequential_sampling
 from torch import nn
 
 NUM_LABELS = 3
@@ -124,7 +125,7 @@ def training_arguments(output_dir: str, **overrides: Any) -> Any:
         save_strategy="no",
         logging_steps=1,
         seed=0,
-        train_sampling_strategy="sequential",
+        **sequential_sampling(),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

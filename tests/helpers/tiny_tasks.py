@@ -250,7 +250,39 @@ def training_arguments(output_dir: str, batch_size: int, accumulation: int, **ov
         dataloader_num_workers=0,
     )
     defaults.update(overrides)
+    if not SEQUENTIAL_SAMPLING_OPTION:
+        defaults.pop("train_sampling_strategy", None)  # transformers < 5: see use_sequential_sampling
     return LossTrainingArguments(**defaults)
+
+
+def _sequential_sampling_option() -> bool:
+    from transformers import TrainingArguments
+
+    return "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+
+
+#: transformers >= 5 has ``train_sampling_strategy="sequential"``; older versions shuffle the training data
+SEQUENTIAL_SAMPLING_OPTION = _sequential_sampling_option()
+
+
+def use_sequential_sampling() -> None:
+    """On transformers < 5 (the minimum-versions CI job), make every Trainer read the training data in order, as
+    ``train_sampling_strategy="sequential"`` does on 5.x: the tests compare per-step gradients with references
+    over known samples."""
+    if SEQUENTIAL_SAMPLING_OPTION:
+        return
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    Trainer._get_train_sampler = lambda self, *args, **kwargs: SequentialSampler(self.train_dataset)
+
+
+use_sequential_sampling()
+
+
+def sequential_sampling() -> dict[str, str]:
+    """``{"train_sampling_strategy": "sequential"}`` where TrainingArguments has it (``**`` into the arguments)."""
+    return {"train_sampling_strategy": "sequential"} if SEQUENTIAL_SAMPLING_OPTION else {}
 
 
 def trainer_gradients(

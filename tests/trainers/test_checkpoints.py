@@ -144,11 +144,20 @@ def test_push_to_hub_uploads_model_card_section_config_and_weights(tmp_path):
         uploads.append({"repo_id": repo_id, "files": files, "readme": readme, "weight_keys": list(weights)})
         return "https://huggingface.co/user/tiny/commit/0"
 
+    import transformers.trainer
+
     repo = mock.Mock(repo_id="user/tiny")
-    with (
-        mock.patch("huggingface_hub.HfApi.create_repo", return_value=repo) as create_repo,
-        mock.patch("huggingface_hub.HfApi.upload_folder", upload_folder),
-    ):
+    if hasattr(transformers.trainer, "create_repo"):  # transformers 4.x calls huggingface_hub's functions
+        patches = (
+            mock.patch("transformers.trainer.create_repo", return_value=repo),
+            mock.patch("transformers.trainer.upload_folder", lambda **kwargs: upload_folder(None, **kwargs)),
+        )
+    else:
+        patches = (
+            mock.patch("huggingface_hub.HfApi.create_repo", return_value=repo),
+            mock.patch("huggingface_hub.HfApi.upload_folder", upload_folder),
+        )
+    with patches[0] as create_repo, patches[1]:
         args = make_args(
             tmp_path / "out",
             loss_type="focal",

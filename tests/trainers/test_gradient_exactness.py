@@ -70,10 +70,15 @@ def test_stock_trainer_gradient_is_sum_of_microbatch_means_for_bert(tmp_path):
         task, "auto", None, 8, 2, 4, str(tmp_path / "stock"), ignored=False, trainer_class=Trainer
     )
     ours, _ = trainer_gradients(task, "auto", None, 8, 2, 4, str(tmp_path / "ours"), ignored=False)
+    import transformers
+
     ratio = float(stock[0].norm() / exact.norm())
     print(f"stock Trainer gradient norm / exact = {ratio:.2f}")
-    assert relative_error(stock[0], summed) <= TOLERANCE
-    assert ratio > 2.5
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert relative_error(stock[0], summed) <= TOLERANCE
+        assert ratio > 2.5
+    else:  # 4.x (minimum-versions job): BERT's forward takes no **kwargs, so the stock Trainer divides by GA
+        assert relative_error(stock[0], exact) <= TOLERANCE
     assert relative_error(ours[0], exact) <= TOLERANCE
 
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from tiny_tasks import GradientCapture, as_batch, build_dataset, build_model, reference_gradient, relative_error
+from tiny_tasks import (
+    GradientCapture,
+    as_batch,
+    build_dataset,
+    build_model,
+    reference_gradient,
+    relative_error,
+    sequential_sampling,
+)
 from transformers import Trainer, TrainingArguments
 
 from hf_losses import compute_loss_func, get_loss
@@ -34,7 +42,7 @@ def stock_trainer_gradient(tmp_path, task, function, batch_size, accumulation):
         save_strategy="no",
         logging_strategy="no",
         use_cpu=True,
-        train_sampling_strategy="sequential",
+        **sequential_sampling(),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

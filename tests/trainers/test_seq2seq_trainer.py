@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from seq2seq_models import MODELS, VOCAB_SIZE, as_batch, build_dataset, build_model, reference_gradient
-from tiny_tasks import GradientCapture, relative_error
+from tiny_tasks import GradientCapture, relative_error, sequential_sampling
 from transformers import Trainer
 
 from hf_losses import LossSeq2SeqTrainer, LossSeq2SeqTrainingArguments, LossTrainerMixin, get_loss
@@ -30,7 +30,7 @@ def arguments(output_dir, batch_size: int, accumulation: int, **overrides) -> Lo
         save_strategy="no",
         logging_strategy="no",
         use_cpu=True,
-        train_sampling_strategy="sequential",
+        **sequential_sampling(),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

@@ -11,7 +11,7 @@ import accelerate
 import torch
 import torch.distributed as dist
 from seq2seq_models import build_dataset, build_model
-from tiny_tasks import GradientCapture
+from tiny_tasks import GradientCapture, sequential_sampling
 
 from hf_losses import LossSeq2SeqTrainer, LossSeq2SeqTrainingArguments
 
@@ -37,7 +37,7 @@ def run(name: str, loss_type: str, loss_kwargs: dict, class_weights: str | None,
         report_to=[],
         save_strategy="no",
         logging_strategy="no",
-        train_sampling_strategy="sequential",
+        **sequential_sampling(),
         disable_tqdm=True,
         dataloader_num_workers=0,
         loss_type=loss_type,
