@@ -7,8 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from hf_losses.losses.base import LogitsLoss, NumItems, index_labels, labels_compatible, select_num_items
+from hf_losses.losses.base import LogitsLoss, NumItems, labels_compatible, select_num_items
 from hf_losses.losses.checks import check_number
+from hf_losses.losses.inputs import index_labels
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import get_loss, register_loss, resolve_name
 

@@ -13,15 +13,9 @@ import torch
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import (
-    HiddenStatesLoss,
-    NumItems,
-    check_same_device,
-    compute_dtype,
-    index_labels,
-    reduce_by_items,
-)
+from hf_losses.losses.base import HiddenStatesLoss, NumItems, compute_dtype, reduce_by_items
 from hf_losses.losses.checks import as_vector, check_number
+from hf_losses.losses.inputs import check_same_device, index_labels
 from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
 from hf_losses.registry import register_loss
 

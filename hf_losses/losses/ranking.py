@@ -19,11 +19,11 @@ from hf_losses.losses.base import (
     NumItems,
     compute_dtype,
     float32_region,
-    index_labels,
     reduce_by_items,
     select_num_items,
 )
 from hf_losses.losses.checks import as_vector, check_choice, check_finite, check_int, check_number
+from hf_losses.losses.inputs import index_labels
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import register_loss
 

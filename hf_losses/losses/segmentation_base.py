@@ -9,8 +9,9 @@ import math
 import torch
 from torch import Tensor
 
-from hf_losses.losses.base import LogitsLoss, check_logits_labels
+from hf_losses.losses.base import LogitsLoss
 from hf_losses.losses.checks import check_bool
+from hf_losses.losses.inputs import check_logits_labels
 
 
 def class_probabilities(logits: Tensor) -> Tensor:
