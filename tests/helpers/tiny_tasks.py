@@ -226,8 +226,11 @@ def reference_gradient(
     return flat_grad(model)
 
 
-def training_arguments(output_dir: str, batch_size: int, accumulation: int, **overrides: Any) -> Any:
-    """LossTrainingArguments for one SGD step with lr 0 (weights stay put), no clipping, sequential data."""
+def training_arguments(
+    output_dir: str, batch_size: int, accumulation: int, arguments_class: Any = None, **overrides: Any
+) -> Any:
+    """LossTrainingArguments (or ``arguments_class``) for one SGD step with lr 0 (weights stay put), no clipping,
+    sequential data."""
     from hf_losses import LossTrainingArguments
 
     defaults = dict(
@@ -252,7 +255,7 @@ def training_arguments(output_dir: str, batch_size: int, accumulation: int, **ov
     defaults.update(overrides)
     if not SEQUENTIAL_SAMPLING_OPTION:
         defaults.pop("train_sampling_strategy", None)  # transformers < 5: see use_sequential_sampling
-    return LossTrainingArguments(**defaults)
+    return (arguments_class or LossTrainingArguments)(**defaults)
 
 
 def _sequential_sampling_option() -> bool:

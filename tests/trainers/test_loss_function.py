@@ -14,7 +14,7 @@ from tiny_tasks import (
     build_model,
     reference_gradient,
     relative_error,
-    sequential_sampling,
+    training_arguments,
 )
 from transformers import Trainer, TrainingArguments
 
@@ -30,22 +30,7 @@ CASES = [
 
 
 def stock_trainer_gradient(tmp_path, task, function, batch_size, accumulation):
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=0.0,
-        optim="sgd",
-        max_grad_norm=0.0,
-        num_train_epochs=1,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        **sequential_sampling(),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = training_arguments(str(tmp_path), batch_size, accumulation, arguments_class=TrainingArguments)
     capture = GradientCapture()
     ignored = task not in ("multi_label", "regression")
     trainer = Trainer(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from seq2seq_models import MODELS, VOCAB_SIZE, as_batch, build_dataset, build_model, reference_gradient
-from tiny_tasks import GradientCapture, relative_error, sequential_sampling
+from tiny_tasks import GradientCapture, relative_error, training_arguments
 from transformers import Trainer
 
 from hf_losses import LossSeq2SeqTrainer, LossSeq2SeqTrainingArguments, LossTrainerMixin, get_loss
@@ -18,24 +18,9 @@ LOSSES = [("cross_entropy", {}), ("cross_entropy", {"label_smoothing": 0.1}), ("
 
 
 def arguments(output_dir, batch_size: int, accumulation: int, **overrides) -> LossSeq2SeqTrainingArguments:
-    values = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=0.0,
-        optim="sgd",
-        max_grad_norm=0.0,
-        num_train_epochs=1,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        **sequential_sampling(),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+    return training_arguments(
+        str(output_dir), batch_size, accumulation, arguments_class=LossSeq2SeqTrainingArguments, **overrides
     )
-    values.update(overrides)
-    return LossSeq2SeqTrainingArguments(**values)
 
 
 def trained_gradients(trainer_class, name, output_dir, batch_size, accumulation, **overrides):
