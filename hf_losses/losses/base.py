@@ -29,10 +29,19 @@ from torch import Tensor, nn
 
 from hf_losses.compat import autocast_dtype
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.checks import check_number, interval
+from hf_losses.losses.checks import check_choice, check_number, interval
 from hf_losses.losses.inputs import check_logits_labels, check_same_device, index_labels
 
 ItemUnit = Literal["label", "sample"]
+#: "mean": the contract's reduction (sum / item count); "sum": the sum of the per-item losses; "none": the
+#: per-item losses themselves (label-shaped, or ``(N,)`` for per-sample losses), 0 at ignored entries
+Reduction = Literal["mean", "sum", "none"]
+#: what a "mean" divides by: "count" -- the number of items (decomposable by design, the default); "weight" -- the
+#: sum of the items' weights (class weights times data weights): PyTorch's weighted mean, kept exact by the trainer,
+#: which sums the weights over the accumulation window and the processes like the counts
+Normalize = Literal["count", "weight"]
+REDUCTIONS = ("mean", "sum", "none")
+NORMALIZATIONS = ("count", "weight")
 #: "index": integer class labels ``(N, d1, ...)``; "binary": 0/1 (or soft) float targets shaped like the logits;
 #: "target": real-valued regression targets shaped like the predictions; "embedding": a float embedding paired
 #: row by row with the first input (contrastive)
@@ -50,7 +59,13 @@ __all__ = [
     "LossBase",
     "labels_compatible",
     "reduce_by_items",
+    "weight_unit",
 ]
+
+
+def weight_unit(item_unit: str) -> str:
+    """The ``num_items_in_batch`` key of a weighted mean's denominator (``label_weight``, ``sample_weight``)."""
+    return f"{item_unit}_weight"
 
 
 def labels_compatible(loss_kind: str | None, task_kind: str | None) -> bool:
@@ -80,20 +95,61 @@ class LossBase(nn.Module):
     #: False for losses whose value needs whole-batch statistics (they ignore ``num_items_in_batch``)
     decomposable: ClassVar[bool] = True
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, ignore_index: int = IGNORE_INDEX, *, reduction: Reduction = "mean", normalize: Normalize = "count"
+    ) -> None:
         super().__init__()
         if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
             raise TypeError(f"{self._label()}: `ignore_index` must be an int, got {ignore_index!r}.")
         self.ignore_index = ignore_index
+        self.reduction = check_choice(self._label(), "reduction", reduction, REDUCTIONS)
+        self.normalize = check_choice(self._label(), "normalize", normalize, NORMALIZATIONS)
+        if (self.reduction != "mean" or self.normalize != "count") and not self.has_item_losses():
+            option = "reduction" if self.reduction != "mean" else "normalize"
+            raise ValueError(
+                f"{self._label()}: `{option}={getattr(self, option)!r}` needs per-item losses, which this loss does "
+                f"not compute (its value needs whole-batch statistics); use reduction='mean', normalize='count'."
+            )
+
+    @classmethod
+    def has_item_losses(cls) -> bool:
+        """Whether the loss computes per-item losses (:meth:`loss_items`): what ``reduction="none"``, data weights
+        and ``normalize="weight"`` are computed from."""
+        return cls.loss_items is not LossBase.loss_items
+
+    def loss_items(self, first: Tensor, second: Tensor) -> Tensor:
+        """Per-item losses (float32 inputs, already checked): label-shaped for ``item_unit="label"`` and ``(N,)``
+        for ``"sample"``, 0 at ignored entries; class weights already applied. Implemented by decomposable losses."""
+        raise NotImplementedError(f"{self._label()} does not compute per-item losses.")
+
+    def item_weights(self, second: Tensor) -> Tensor:
+        """Each item's weight from the loss's own parameters (class weights ``w[y_i]``; 1 without), 0 at ignored
+        entries, shaped like :meth:`loss_items`: the denominator of ``normalize="weight"``."""
+        valid = self.valid_mask(second) if self.label_kind == "index" else torch.ones_like(second, dtype=torch.bool)
+        if self.item_unit == "sample":
+            valid = valid.reshape(valid.shape[0], math.prod(valid.shape[1:])).any(dim=1)
+        return valid.to(torch.float32)
+
+    @property
+    def count_unit(self) -> str:
+        """The ``num_items_in_batch`` key this loss divides by: its item unit, or ``<unit>_weight`` for
+        ``normalize="weight"``."""
+        return weight_unit(self.item_unit) if self.normalize == "weight" else self.item_unit
 
     def valid_mask(self, labels: Tensor) -> Tensor:
         """Boolean mask of the label entries that count (not ``ignore_index``)."""
         return labels != self.ignore_index
 
-    def num_items(self, labels: Tensor) -> dict[str, Tensor]:
-        """Local item count per unit, summed by the trainer over the accumulation window and processes."""
+    def num_items(self, labels: Tensor, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Local item count per unit (or weight sum, for ``normalize="weight"``), summed by the trainer over the
+        accumulation window and processes."""
         if not self.decomposable:
             return {}
+        if self.normalize == "weight":
+            weights = self.item_weights(labels)
+            if sample_weight is not None:
+                weights = weights * expand_sample_weight(self._label(), sample_weight, weights).to(weights)
+            return {self.count_unit: weights.sum(dtype=torch.float64 if weights.device.type != "mps" else None)}
         valid = self.valid_mask(labels)
         if self.item_unit == "sample":
             # not reshape(N, -1): an empty batch (N = 0) or image (no pixel) has no unique -1
@@ -103,19 +159,57 @@ class LossBase(nn.Module):
         return {self.item_unit: count}
 
     def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}"
+        options = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (("reduction", self.reduction, "mean"), ("normalize", self.normalize, "count"))
+            if value != default
+        )
+        return f"ignore_index={self.ignore_index}{options}"
 
     def _label(self) -> str:
         return f"loss '{self.name or type(self).__name__}'"
 
-    def _reduce_in_float32(self, first: Tensor, second: Tensor, num_items_in_batch: NumItems) -> Tensor:
-        """``loss_sum(first, second)`` in float32 (float64 stays) outside autocast, reduced by the item count."""
+    def _reduce_in_float32(
+        self, first: Tensor, second: Tensor, num_items_in_batch: NumItems, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """``loss_sum(first, second)`` in float32 (float64 stays) outside autocast, reduced by the item count; with
+        data weights, ``reduction`` other than "mean" or ``normalize="weight"``, from :meth:`loss_items`."""
         dtype = compute_dtype(first)
+        second_cast = second if self.label_kind == "index" else second.to(dtype)
         with float32_region(first.device.type):
-            total, count = self.loss_sum(first.to(dtype), second if self.label_kind == "index" else second.to(dtype))
-            if not self.decomposable:
-                return total.to(compute_dtype(total))
-            return reduce_by_items(total, count, num_items_in_batch, self.item_unit, self._label())
+            if sample_weight is None and self.reduction == "mean" and self.normalize == "count":
+                total, count = self.loss_sum(first.to(dtype), second_cast)
+                if not self.decomposable:
+                    return total.to(compute_dtype(total))
+                return reduce_by_items(total, count, num_items_in_batch, self.item_unit, self._label())
+            return self._reduce_items(first.to(dtype), second_cast, num_items_in_batch, sample_weight)
+
+    def _reduce_items(
+        self, first: Tensor, second: Tensor, num_items_in_batch: NumItems, sample_weight: Tensor | None
+    ) -> Tensor:
+        """The weighted / unreduced path: ``loss_items * sample_weight``, then summed and divided by the count or
+        the weight sum."""
+        if not self.has_item_losses() or not self.decomposable:
+            raise ValueError(
+                f"{self._label()}: data weights (`sample_weight`) need per-item losses, which this loss does not "
+                f"compute (its value needs whole-batch statistics)."
+            )
+        items = self.loss_items(first, second)
+        weights = None
+        if sample_weight is not None:
+            weights = expand_sample_weight(self._label(), sample_weight, items).to(items)
+            items = items * weights
+        if self.reduction == "none":
+            return items
+        total = items.sum()
+        if self.reduction == "sum":
+            return total
+        if self.normalize == "weight":
+            local = self.item_weights(second).to(items)
+            local = (local if weights is None else local * weights).sum()
+        else:
+            local = next(iter(LossBase.num_items(self, second).values()))
+        return reduce_by_items(total, local, num_items_in_batch, self.count_unit, self._label())
 
 
 class LogitsLoss(LossBase):
@@ -125,11 +219,15 @@ class LogitsLoss(LossBase):
         """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked."""
         raise NotImplementedError
 
-    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+    def forward(
+        self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """The loss of ``logits`` against ``labels``; ``sample_weight`` (``(N,)`` per example, or shaped like the
+        per-item losses, e.g. per token or pixel) multiplies each item's loss."""
         if self.label_kind == "index":
             labels = index_labels(labels)
         self.check_inputs(logits, labels)
-        return self._reduce_in_float32(logits, labels, num_items_in_batch)
+        return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         """Raise a clear error for malformed inputs before any kernel runs (integer labels of any dtype: the
@@ -295,8 +393,44 @@ def reduce_by_items(
     if denominator is None:
         denominator = local_count
     if isinstance(denominator, Tensor):
-        # reshape: a (1,) count keeps the result a scalar
-        denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype).clamp(min=1.0)
+        # reshape: a (1,) count keeps the result a scalar; 0 (nothing counts: the total is 0 too) divides by 1
+        denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype)
+        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     else:
-        denominator = max(float(denominator), 1.0)
+        denominator = float(denominator) if float(denominator) > 0 else 1.0
     return total / denominator
+
+
+def expand_sample_weight(owner: str, sample_weight: Tensor, items: Tensor) -> Tensor:
+    """Data weights broadcast to the per-item losses: ``(N,)`` per example, or exactly ``items``' shape (per label
+    entry). Values are checked where that costs no device sync (CPU); the trainer checks them on the data side."""
+    if not isinstance(sample_weight, Tensor):
+        raise TypeError(f"{owner}: `sample_weight` must be a tensor, got {type(sample_weight).__name__}.")
+    if not (sample_weight.is_floating_point() or sample_weight.dtype in _INTEGER_DTYPES):
+        raise TypeError(f"{owner}: `sample_weight` must hold real numbers, got dtype {sample_weight.dtype}.")
+    if tuple(sample_weight.shape) == tuple(items.shape):
+        weights = sample_weight
+    elif sample_weight.dim() == 1 and items.dim() >= 1 and sample_weight.shape[0] == items.shape[0]:
+        weights = sample_weight.reshape((items.shape[0],) + (1,) * (items.dim() - 1))
+    else:
+        raise ValueError(
+            f"{owner}: `sample_weight` shape {tuple(sample_weight.shape)} fits neither one weight per example "
+            f"({items.shape[0] if items.dim() else 1},) nor one per item {tuple(items.shape)}."
+        )
+    check_same_device(owner, {"per-item losses": items, "sample_weight": weights})
+    if weights.device.type == "cpu" and weights.numel() > 0:
+        check_weight_values(owner, "sample_weight", weights)
+    return weights
+
+
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_weight_values(owner: str, name: str, weights: Tensor) -> None:
+    """Finite and >= 0 (reads the values: call it where they are on the CPU)."""
+    weights = weights.detach()
+    bad = ~torch.isfinite(weights) | (weights < 0) if weights.is_floating_point() else weights < 0
+    if bad.any():
+        raise ValueError(
+            f"{owner}: `{name}` must be finite and >= 0 (0 leaves an item out), found {weights[bad][0].item():g}."
+        )

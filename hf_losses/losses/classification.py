@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import LogitsLoss
+from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
 from hf_losses.losses.class_weights import effective_number_weights
 from hf_losses.losses.ignored import count_valid
@@ -53,8 +53,10 @@ class CrossEntropyLoss(LogitsLoss):
         weight: Sequence[float] | Tensor | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         self.label_smoothing = check_number(self._label(), "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
         self.register_buffer("weight", None if weight is None else as_vector(self._label(), "weight", weight))
 
@@ -74,6 +76,20 @@ class CrossEntropyLoss(LogitsLoss):
             reduction="sum",
         )
         return total, count_valid(labels, self.ignore_index)
+
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_item_cross_entropy(logits, labels, self.weight, self.label_smoothing, self.ignore_index)
+
+    def item_weights(self, labels: Tensor) -> Tensor:
+        return class_weight_per_item(self.weight, labels, self.ignore_index)
+
+
+def class_weight_per_item(weight: Tensor | None, labels: Tensor, ignore_index: int) -> Tensor:
+    """``w[y_i]`` per label entry (1 without class weights), 0 at ignored entries: a weighted mean's denominator."""
+    valid = labels != ignore_index
+    if weight is None:
+        return valid.to(torch.float32)
+    return torch.where(valid, weight.to(torch.float32)[class_indices(labels, ignore_index)], 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ focal
