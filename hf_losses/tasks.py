@@ -116,12 +116,20 @@ class Task:
 
     def model_inputs(self, model: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The model's keyword inputs for an hf-losses loss: the batch without its labels (so the model does not
-        compute a loss of its own)."""
-        return {key: value for key, value in inputs.items() if key not in LABEL_KEYS}
+        compute a loss of its own) and its data-weight columns."""
+        return {key: value for key, value in inputs.items() if key not in LABEL_KEYS and key not in WEIGHT_COLUMNS}
 
     def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """``(logits, labels)`` for the loss, from the model's outputs and the batch holding the labels."""
         return _logits(outputs), self.loss_labels(inputs)
+
+    def loss_weights(self, inputs: Mapping[str, Any]) -> Tensor | None:
+        """The batch's data weights aligned with :meth:`loss_labels`: ``(N,)`` per example, or label-shaped when
+        the batch has per-token weights (None without weight columns)."""
+        weight = raw_data_weight(inputs)
+        if weight is None or weight.dim() == 1:
+            return weight
+        return weight.reshape(self.loss_labels(inputs).shape)
 
     def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
         """How many items the model's own loss averages over in this batch. For a head hf-losses does not know
@@ -179,6 +187,9 @@ class TokenClassificationTask(Task):
         logits = _logits(outputs)
         return logits.reshape(-1, logits.shape[-1]), self.loss_labels(inputs)
 
+    def loss_weights(self, inputs: Mapping[str, Any]) -> Tensor | None:
+        return _per_label_entry(raw_data_weight(inputs), inputs["labels"])
+
     def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
         return (inputs["labels"] != IGNORE_INDEX).sum()
 
@@ -202,6 +213,38 @@ class Seq2SeqLMTask(TokenClassificationTask):
         return model_inputs
 
 
+#: the batch columns holding data weights: one float per example, and one per label entry (token, pixel)
+SAMPLE_WEIGHT_COLUMN = "sample_weight"
+TOKEN_WEIGHT_COLUMN = "token_weight"
+WEIGHT_COLUMNS = (SAMPLE_WEIGHT_COLUMN, TOKEN_WEIGHT_COLUMN)
+
+
+def raw_data_weight(inputs: Mapping[str, Any]) -> Tensor | None:
+    """The batch's data weights as the collator gives them: ``token_weight * sample_weight`` (label-shaped) when
+    there are per-token weights, else ``sample_weight`` ``(N,)``; None without weight columns."""
+    sample, token = inputs.get(SAMPLE_WEIGHT_COLUMN), inputs.get(TOKEN_WEIGHT_COLUMN)
+    if token is None:
+        return None if sample is None else sample.reshape(-1)
+    token = token.float() if not token.is_floating_point() else token
+    if sample is None:
+        return token
+    return token * sample.reshape((token.shape[0],) + (1,) * (token.dim() - 1)).to(token)
+
+
+def shift_causal_weights(weight: Tensor) -> Tensor:
+    """Per-token weights aligned with unshifted labels, shifted like :func:`shift_causal_labels` (0 at the end)."""
+    return torch.nn.functional.pad(weight[..., 1:], (0, 1), value=0.0)
+
+
+def _per_label_entry(weight: Tensor | None, labels: Tensor) -> Tensor | None:
+    """Weights for flattened ``(N*T,)`` labels: per-example weights repeated over each example's entries."""
+    if weight is None:
+        return None
+    if weight.dim() == 1:
+        weight = weight.reshape((labels.shape[0],) + (1,) * (labels.dim() - 1)).expand(labels.shape)
+    return weight.reshape(-1)
+
+
 def next_token_labels(inputs: Mapping[str, Any], ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Targets ``(N, T)``: ``shift_labels`` when the collator gives them, else ``labels`` shifted left by one and
     padded with ``ignore_index`` (as transformers' ``ForCausalLMLoss``, which pads rather than cutting the logits)."""
@@ -220,6 +263,12 @@ class CausalLMTask(Task):
     def read(self, outputs: Any, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         logits = _logits(outputs)
         return logits.reshape(-1, logits.shape[-1]), self.loss_labels(inputs)
+
+    def loss_weights(self, inputs: Mapping[str, Any]) -> Tensor | None:
+        weight = raw_data_weight(inputs)
+        if weight is not None and weight.dim() > 1 and inputs.get("shift_labels") is None:
+            weight = shift_causal_weights(weight)  # token weights sit on the labels: shifted with them
+        return _per_label_entry(weight, next_token_labels(inputs, self.ignore_index))
 
     def model_loss_items(self, inputs: Mapping[str, Any]) -> Tensor:
         return (next_token_labels(inputs, IGNORE_INDEX) != IGNORE_INDEX).sum()

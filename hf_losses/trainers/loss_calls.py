@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from hf_losses.losses.base import HiddenStatesLoss
-from hf_losses.tasks import Task
+from hf_losses.tasks import Task, raw_data_weight
 from hf_losses.trainers.hidden_states import lm_hidden_states_and_head
 
 #: ``num_items_in_batch`` unit used for the model's own loss (``loss_type="auto"``)
@@ -39,6 +39,12 @@ class LossCall:
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
         """``(loss, model outputs)`` for one micro-batch."""
         raise NotImplementedError
+
+    def loss_inputs(self, model: nn.Module, inputs: Mapping[str, Any], model_inputs: Mapping[str, Any]) -> dict:
+        """Keyword inputs of the loss beyond the model's outputs and the labels: the batch's data weights
+        (``sample_weight`` / ``token_weight`` columns); subclasses add theirs (a teacher's outputs)."""
+        weight = self.task.loss_weights(inputs) if isinstance(self, LogitsLossCall) else raw_data_weight(inputs)
+        return {} if weight is None else {"sample_weight": weight}
 
 
 class ModelLossCall(LossCall):
@@ -71,19 +77,26 @@ class LogitsLossCall(LossCall):
     """A loss on the logits the task reads from the model's outputs."""
 
     def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return dict(self.loss.num_items(self.task.loss_labels(batch)))
+        weight = self.task.loss_weights(batch)
+        if weight is None:
+            return dict(self.loss.num_items(self.task.loss_labels(batch)))
+        return dict(self.loss.num_items(self.task.loss_labels(batch), sample_weight=weight))
 
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
-        outputs = model(**self.task.model_inputs(model, inputs))
+        model_inputs = self.task.model_inputs(model, inputs)
+        outputs = model(**model_inputs)
         logits, labels = self.task.read(outputs, inputs)
-        return self.loss(logits, labels, num_items_in_batch=num_items_in_batch), outputs
+        extra = self.loss_inputs(model, inputs, model_inputs)
+        return self.loss(logits, labels, num_items_in_batch=num_items_in_batch, **extra), outputs
 
 
 class HiddenStatesLossCall(LossCall):
     """A loss on the final hidden states and the LM head; the full logits are never computed."""
 
     def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels")))
+        weight = raw_data_weight(batch)
+        extra = {} if weight is None else {"sample_weight": weight}
+        return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels"), **extra))
 
     def call(self, model: nn.Module, inputs: Mapping[str, Any], num_items_in_batch: Any) -> tuple[Tensor, Any]:
         model_inputs = self.task.model_inputs(model, inputs)
@@ -95,6 +108,7 @@ class HiddenStatesLossCall(LossCall):
             bias=bias,
             num_items_in_batch=num_items_in_batch,
             shift_labels=inputs.get("shift_labels"),
+            **self.loss_inputs(model, inputs, model_inputs),
         )
         return loss, {"last_hidden_state": hidden_states}
 
