@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "hf_losses.losses.contrastive",
     "hf_losses.losses.ranking",
     "hf_losses.losses.language",
+    "hf_losses.losses.distillation",
     "hf_losses.losses.composite",
 )
 

@@ -75,7 +75,7 @@ def test_unknown_parameter_names_the_loss_the_closest_parameter_and_the_allowed_
     with pytest.raises(
         ValueError,
         match=r"loss 'cross_entropy': unknown parameter 'weights'\. Did you mean 'weight'\? "
-        r"Allowed parameters: weight, label_smoothing, ignore_index\.",
+        r"Allowed parameters: weight, label_smoothing, ignore_index, reduction, normalize\.",
     ):
         get_loss("cross_entropy", weights=[1.0, 2.0])
 

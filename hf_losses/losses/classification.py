@@ -1,7 +1,9 @@
 """Single-label classification losses for imbalanced data: weighted CE, focal, class-balanced, LDAM, Poly-1.
 
 Item unit: one non-ignored label entry. Logits ``(N, C)`` or ``(N, C, d1, ...)``, integer labels ``(N)`` or
-``(N, d1, ...)``.
+``(N, d1, ...)``. ``cross_entropy`` and ``focal`` also take class probabilities shaped like the logits (mixup,
+cutmix, a teacher's distribution): then one item per row ``(n, d1, ...)``, since a probability row has no
+``ignore_index``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,94 @@ from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
 from hf_losses.losses.class_weights import effective_number_weights
 from hf_losses.losses.ignored import count_valid
+from hf_losses.losses.inputs import check_logits_labels
+from hf_losses.losses.multilabel import class_shaped
 from hf_losses.registry import register_loss
 
 
+# ------------------------------------------------------------------------------------------------ shared
+def class_indices(labels: Tensor, ignore_index: int) -> Tensor:
+    """Labels with ``ignore_index`` replaced by class 0, safe for indexing (those entries are masked anyway)."""
+    return labels.masked_fill(labels == ignore_index, 0)
+
+
+def row_shape(probabilities: Tensor) -> tuple[int, ...]:
+    """The item shape of class probabilities ``(N, C, d1, ...)``: one item per row, ``(N, d1, ...)``."""
+    return (probabilities.shape[0],) + tuple(probabilities.shape[2:])
+
+
+def smoothed_probabilities(targets: Tensor, label_smoothing: float) -> Tensor:
+    """``y (1 - eps) + eps / C`` along the class dimension 1: PyTorch's label smoothing of probability targets."""
+    if label_smoothing == 0:
+        return targets
+    return targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[1]
+
+
+def class_weight_per_item(weight: Tensor | None, labels: Tensor, ignore_index: int) -> Tensor:
+    """``w[y_i]`` per label entry (1 without class weights), 0 at ignored entries: a weighted mean's denominator.
+
+    For class probabilities ``y`` (float labels shaped like the logits), ``sum_c w_c y_c`` per row -- ``w[y]`` for a
+    one-hot row, so ``normalize="weight"`` means the same for hard labels and their one-hot form (1 per row without
+    class weights).
+    """
+    if labels.is_floating_point():
+        if weight is None:
+            return torch.ones(row_shape(labels), dtype=torch.float32, device=labels.device)
+        return (labels.to(torch.float32) * class_shaped(weight.to(torch.float32), labels)).sum(dim=1)
+    valid = labels != ignore_index
+    if weight is None:
+        return valid.to(torch.float32)
+    return torch.where(valid, weight.to(torch.float32)[class_indices(labels, ignore_index)], 0.0)
+
+
+def check_probability_targets(owner: str, logits: Tensor, labels: Tensor) -> None:
+    """Float labels of a single-label loss are class probabilities shaped like the logits ``(N, C, d1, ...)``,
+    finite and >= 0; values are read only on the CPU, where that costs no device synchronisation."""
+    if isinstance(logits, Tensor) and tuple(labels.shape) != tuple(logits.shape):
+        raise TypeError(
+            f"{owner}: `labels` must hold integer class indices (torch.long) shaped {row_shape(logits)}, or class "
+            f"probabilities shaped like the logits {tuple(logits.shape)}; got dtype {labels.dtype} and shape "
+            f"{tuple(labels.shape)} (for multi-label float targets use 'bce', 'sigmoid_focal' or 'asl')."
+        )
+    # float targets shaped like the logits: the multi-label ("binary") shape, dtype and device checks
+    check_logits_labels(owner, logits, labels, "binary", IGNORE_INDEX)
+    if logits.dim() < 2 or logits.shape[1] < 2:
+        raise ValueError(
+            f"{owner}: `logits` must score C >= 2 classes along dim 1 for class-probability labels, got shape "
+            f"{tuple(logits.shape)}."
+        )
+    if labels.device.type == "cpu" and labels.numel() > 0:
+        bad = ~torch.isfinite(labels) | (labels < 0)
+        if bad.any():
+            raise ValueError(
+                f"{owner}: class-probability `labels` must be finite and >= 0 (rows summing to 1; a probability row "
+                f"has no ignore_index: give it sample_weight 0 instead), found {labels[bad][0].item():g}."
+            )
+
+
+class ClassLabelsLoss(LogitsLoss):
+    """A single-label loss taking class indices ``(N, d1, ...)`` or class probabilities ``(N, C, d1, ...)``; the
+    label kind stays "index" (what the trainer's tasks give), float labels are read as probabilities per call."""
+
+    def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
+        if isinstance(labels, Tensor) and labels.is_floating_point():
+            check_probability_targets(self._label(), logits, labels)
+        else:
+            super().check_inputs(logits, labels)
+
+    def valid_mask(self, labels: Tensor) -> Tensor:
+        if labels.is_floating_point():
+            return torch.ones(row_shape(labels), dtype=torch.bool, device=labels.device)
+        return super().valid_mask(labels)
+
+    def item_count(self, labels: Tensor) -> Tensor | int:
+        """Local item count: non-ignored label entries, or rows of class probabilities."""
+        if labels.is_floating_point():
+            return labels.numel() // labels.shape[1]
+        return count_valid(labels, self.ignore_index)
+
+
+# ------------------------------------------------------------------------------------------------ cross-entropy
 def per_item_cross_entropy(
     logits: Tensor,
     labels: Tensor,
@@ -28,24 +115,33 @@ def per_item_cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
-    """Unreduced ``F.cross_entropy`` (0 at ignored entries) -- each entry is ``w[y_i] * ce_i``."""
+    """Unreduced ``F.cross_entropy`` (0 at ignored entries) -- each entry is ``w[y_i] * ce_i``; for class
+    probabilities ``y`` (float, shaped like the logits) ``-sum_c w_c y'_c log p_c`` per row, ``y' = y (1-eps) + eps/C``."""
     weight = None if weight is None else weight.to(logits)
+    if labels.is_floating_point():
+        return F.cross_entropy(
+            logits, labels.to(logits.dtype), weight=weight, label_smoothing=label_smoothing, reduction="none"
+        )
     return F.cross_entropy(
         logits, labels, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
     )
 
 
 @register_loss("cross_entropy", aliases=("ce", "weighted_cross_entropy"))
-class CrossEntropyLoss(LogitsLoss):
-    """Softmax cross-entropy with optional class weights and label smoothing.
+class CrossEntropyLoss(ClassLabelsLoss):
+    """Softmax cross-entropy with optional class weights and label smoothing, on class indices or probabilities.
 
     Reduction: ``sum_i w[y_i] * ce_i / N`` where ``N`` is ``num_items_in_batch`` (or the local count of
     non-ignored labels). With class weights this is PyTorch's weighted mean
     (``sum w[y_i] ce_i / sum w[y_i]``) multiplied by ``sum_i w[y_i] / N`` -- dividing by a count instead of
-    by the batch's weight sum is what keeps it decomposable across accumulation steps and processes.
+    by the batch's weight sum is what keeps it decomposable across accumulation steps and processes;
+    ``normalize="weight"`` divides by the weight sum (PyTorch's weighted mean, kept exact by the trainer).
+    Float labels shaped like the logits are class probabilities (mixup, cutmix, a teacher): per row
+    ``-sum_c w_c y'_c log p_c`` with ``y' = y (1 - label_smoothing) + label_smoothing / C``, exactly PyTorch's
+    probability-target cross-entropy, whose mean divides by the number of rows as this loss does by default.
     """
 
-    summary = "Softmax cross-entropy with optional class weights and label smoothing."
+    summary = "Softmax cross-entropy with optional class weights and label smoothing (class indices or probabilities)."
     reference = "PyTorch F.cross_entropy; label smoothing: Szegedy et al. 2016"
 
     def __init__(
@@ -64,9 +160,14 @@ class CrossEntropyLoss(LogitsLoss):
         super().check_inputs(logits, labels)
         check_num_classes(self._label(), "weight", self.weight, logits.shape[1])
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         # reduction="sum" is the sum of the unreduced w[y_i] * ce_i, in one fused kernel
         weight = None if self.weight is None else self.weight.to(logits)
+        if labels.is_floating_point():
+            total = F.cross_entropy(
+                logits, labels.to(logits.dtype), weight=weight, label_smoothing=self.label_smoothing, reduction="sum"
+            )
+            return total, self.item_count(labels)
         total = F.cross_entropy(
             logits,
             labels,
@@ -84,28 +185,50 @@ class CrossEntropyLoss(LogitsLoss):
         return class_weight_per_item(self.weight, labels, self.ignore_index)
 
 
-def class_weight_per_item(weight: Tensor | None, labels: Tensor, ignore_index: int) -> Tensor:
-    """``w[y_i]`` per label entry (1 without class weights), 0 at ignored entries: a weighted mean's denominator."""
-    valid = labels != ignore_index
-    if weight is None:
-        return valid.to(torch.float32)
-    return torch.where(valid, weight.to(torch.float32)[class_indices(labels, ignore_index)], 0.0)
-
-
 # ------------------------------------------------------------------------------------------------ focal
-def class_indices(labels: Tensor, ignore_index: int) -> Tensor:
-    """Labels with ``ignore_index`` replaced by class 0, safe for indexing (those entries are masked anyway)."""
-    return labels.masked_fill(labels == ignore_index, 0)
+def per_item_soft_focal(
+    logits: Tensor,
+    targets: Tensor,
+    gamma: float = 2.0,
+    alpha: Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax focal loss of class probabilities per row, ``-sum_c alpha_c y'_c (1 - p_c)**gamma log p_c``.
+
+    Lin et al. 2017 eq. 5 summed over the classes a row's mass is on, ``y' = y (1 - eps) + eps / C`` as in
+    PyTorch's label smoothing: a one-hot row gives the hard-label focal loss, ``gamma = 0`` PyTorch's
+    probability-target cross-entropy with ``weight=alpha``.
+    """
+    log_probs = F.log_softmax(logits, dim=1)
+    terms = -smoothed_probabilities(targets.to(logits.dtype), label_smoothing) * log_probs
+    if gamma != 0:
+        # 1 - p_c = -expm1(log p_c), floored so that gamma < 1 keeps a finite gradient
+        terms = terms * (-torch.expm1(log_probs)).clamp(min=torch.finfo(terms.dtype).tiny).pow(gamma)
+    if alpha is not None:
+        terms = terms * class_shaped(alpha, logits)
+    return terms.sum(dim=1)
 
 
 def per_item_focal(
-    logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    logits: Tensor,
+    labels: Tensor,
+    gamma: float = 2.0,
+    alpha: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Softmax focal loss per label entry, ``-alpha[y] * (1 - p_y)**gamma * log p_y`` (0 at ignored entries).
 
     Lin et al. 2017, "Focal Loss for Dense Object Detection", eq. 5 with the softmax probability ``p_y`` of
-    the true class. ``alpha`` is a per-class vector (or None for no class weighting).
+    the true class. ``alpha`` is a per-class vector (or None for no class weighting). Class probabilities (float
+    labels) or ``label_smoothing > 0`` go through :func:`per_item_soft_focal` (hard labels as one-hot rows).
     """
+    if labels.is_floating_point():
+        return per_item_soft_focal(logits, labels, gamma, alpha, label_smoothing)
+    if label_smoothing > 0:
+        valid = labels != ignore_index
+        one_hot = F.one_hot(class_indices(labels, ignore_index), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        return torch.where(valid, per_item_soft_focal(logits, one_hot, gamma, alpha, label_smoothing), 0.0)
     # F.cross_entropy is one fused log_softmax + gather; it is already 0 at ignored entries.
     ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     losses = ce
@@ -138,14 +261,17 @@ def expand_alpha(alpha: Tensor | None, num_classes: int) -> Tensor | None:
 
 
 @register_loss("focal", aliases=("focal_loss", "softmax_focal"))
-class FocalLoss(LogitsLoss):
+class FocalLoss(ClassLabelsLoss):
     """Softmax focal loss ``-alpha[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017), for imbalanced classes.
 
     ``gamma`` down-weights well-classified examples (0 gives cross-entropy). ``alpha`` is either a list with
     one weight per class, or a scalar in [0, 1] which (as in the binary paper form and MONAI's softmax focal
     loss) weighs class 0 by ``1 - alpha`` and every other class by ``alpha``; None disables class weighting.
     Reduction: ``sum_i alpha[y_i] fl_i / N`` over non-ignored label entries (like weighted cross-entropy,
-    this is the alpha-weighted mean times ``sum_i alpha[y_i] / N``).
+    this is the alpha-weighted mean times ``sum_i alpha[y_i] / N``). Class probabilities ``y`` (float labels shaped
+    like the logits) and ``label_smoothing`` give ``-sum_c alpha_c y'_c (1 - p_c)^gamma log p_c`` per row with
+    ``y' = y (1 - label_smoothing) + label_smoothing / C`` (PyTorch's smoothing; at ``gamma=0`` exactly
+    ``F.cross_entropy(weight=alpha, label_smoothing=...)``).
     """
 
     summary = "Softmax focal loss -alpha_y (1 - p_y)^gamma log p_y: focuses training on hard examples."
@@ -156,9 +282,13 @@ class FocalLoss(LogitsLoss):
         gamma: float = 2.0,
         alpha: float | Sequence[float] | Tensor | None = None,
         ignore_index: int = IGNORE_INDEX,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         self.gamma = check_number(self._label(), "gamma", gamma, minimum=0.0)
+        self.label_smoothing = check_number(self._label(), "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
         self.register_buffer("alpha", focal_alpha(self._label(), alpha))
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
@@ -166,13 +296,25 @@ class FocalLoss(LogitsLoss):
         if self.alpha is not None and self.alpha.dim() == 1:
             check_num_classes(self._label(), "alpha", self.alpha, logits.shape[1])
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
         alpha = expand_alpha(self.alpha, logits.shape[1])
-        losses = per_item_focal(logits, labels, self.gamma, alpha, self.ignore_index)
-        return losses.sum(), count_valid(labels, self.ignore_index)
+        return per_item_focal(logits, labels, self.gamma, alpha, self.ignore_index, self.label_smoothing)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        return self.loss_items(logits, labels).sum(), self.item_count(labels)
+
+    def item_weights(self, labels: Tensor) -> Tensor:
+        if self.alpha is not None and self.alpha.dim() == 0 and not labels.is_floating_point():
+            # a scalar alpha: 1 - alpha for class 0, alpha for every other class (no class count needed)
+            valid = labels != self.ignore_index
+            alpha = self.alpha.to(device=labels.device, dtype=torch.float32)
+            return torch.where(valid, torch.where(labels == 0, 1.0 - alpha, alpha), 0.0)
+        num_classes = labels.shape[1] if labels.is_floating_point() else 0
+        return class_weight_per_item(expand_alpha(self.alpha, num_classes), labels, self.ignore_index)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma:g}, {super().extra_repr()}"
+        smoothing = f", label_smoothing={self.label_smoothing:g}" if self.label_smoothing else ""
+        return f"gamma={self.gamma:g}{smoothing}, {super().extra_repr()}"
 
 
 # ------------------------------------------------------------------------------------------------ class-balanced
@@ -183,7 +325,8 @@ class ClassBalancedLoss(LogitsLoss):
     The weight of class ``j`` is ``(1 - beta) / (1 - beta**n_j)`` with ``n_j = samples_per_class[j]``,
     normalised to sum to ``C``. ``base="ce"`` gives weighted cross-entropy, ``base="focal"`` the softmax
     focal loss with these weights as per-class ``alpha`` and focusing parameter ``gamma``. Reduction:
-    ``sum_i w[y_i] l_i / N`` over non-ignored label entries (the weighted mean times ``sum_i w[y_i] / N``).
+    ``sum_i w[y_i] l_i / N`` over non-ignored label entries (the weighted mean times ``sum_i w[y_i] / N``);
+    ``normalize="weight"`` divides by ``sum_i w[y_i]`` instead.
     """
 
     summary = "Class-balanced CE/focal: weights (1-beta)/(1-beta^n_j) from the effective number of samples."
@@ -196,8 +339,10 @@ class ClassBalancedLoss(LogitsLoss):
         base: Literal["ce", "focal"] = "ce",
         gamma: float = 2.0,
         ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         owner = self._label()
         samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
         self.beta = check_number(owner, "beta", beta, minimum=0.0, maximum=1.0)
@@ -215,12 +360,16 @@ class ClassBalancedLoss(LogitsLoss):
         super().check_inputs(logits, labels)
         check_num_classes(self._label(), "samples_per_class", self.samples_per_class, logits.shape[1])
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.base == "ce":
-            losses = per_item_cross_entropy(logits, labels, self.weight, 0.0, self.ignore_index)
-        else:
-            losses = per_item_focal(logits, labels, self.gamma, self.weight, self.ignore_index)
-        return losses.sum(), count_valid(labels, self.ignore_index)
+            return per_item_cross_entropy(logits, labels, self.weight, 0.0, self.ignore_index)
+        return per_item_focal(logits, labels, self.gamma, self.weight, self.ignore_index)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        return self.loss_items(logits, labels).sum(), count_valid(labels, self.ignore_index)
+
+    def item_weights(self, labels: Tensor) -> Tensor:
+        return class_weight_per_item(self.weight, labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, base={self.base!r}, gamma={self.gamma:g}, {super().extra_repr()}"
@@ -246,6 +395,7 @@ def per_item_ldam(
     shift = margins.to(logits)[index]
     # subtract the true class's margin from its own logit only (out of place: autograd keeps `logits`)
     shifted = logits.scatter_add(1, index, -shift)
+    weight = None if weight is None else weight.to(logits)
     return F.cross_entropy(shifted * scale, labels, weight=weight, ignore_index=ignore_index, reduction="none")
 
 
@@ -257,7 +407,7 @@ class LDAMLoss(LogitsLoss):
     so the largest margin equals ``max_margin``), then cross-entropy is taken of ``scale *`` logits. The paper
     feeds cosine logits (normalised features and weights, in [-1, 1]) with ``scale=30``; for raw logits use
     ``scale=1`` and a margin on their scale. ``weight`` gives the per-class re-weighting of LDAM-DRW.
-    Reduction: ``sum_i w[y_i] l_i / N`` over non-ignored label entries.
+    Reduction: ``sum_i w[y_i] l_i / N`` over non-ignored label entries (``normalize="weight"``: ``/ sum_i w[y_i]``).
     """
 
     summary = "LDAM: CE with per-class margins C/n_j^(1/4), larger for rare classes (optional DRW weights)."
@@ -270,8 +420,10 @@ class LDAMLoss(LogitsLoss):
         scale: float = 30.0,
         weight: Sequence[float] | Tensor | None = None,
         ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         owner = self._label()
         samples = as_vector(owner, "samples_per_class", samples_per_class, minimum=0.0, strict=True)
         self.max_margin = check_number(owner, "max_margin", max_margin, minimum=0.0)
@@ -285,10 +437,14 @@ class LDAMLoss(LogitsLoss):
         check_num_classes(self._label(), "samples_per_class", self.samples_per_class, logits.shape[1])
         check_num_classes(self._label(), "weight", self.weight, logits.shape[1])
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        weight = None if self.weight is None else self.weight.to(logits)
-        losses = per_item_ldam(logits, labels, self.margins, self.scale, weight, self.ignore_index)
-        return losses.sum(), count_valid(labels, self.ignore_index)
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_item_ldam(logits, labels, self.margins, self.scale, self.weight, self.ignore_index)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        return self.loss_items(logits, labels).sum(), count_valid(labels, self.ignore_index)
+
+    def item_weights(self, labels: Tensor) -> Tensor:
+        return class_weight_per_item(self.weight, labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"max_margin={self.max_margin:g}, scale={self.scale:g}, {super().extra_repr()}"
@@ -314,13 +470,21 @@ class Poly1Loss(LogitsLoss):
     summary = "Poly-1: cross-entropy + epsilon * (1 - p_y) (polynomial expansion of CE)."
     reference = "Leng et al. 2022, PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions (ICLR)"
 
-    def __init__(self, epsilon: float = 1.0, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self,
+        epsilon: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
+    ) -> None:
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         self.epsilon = check_number(self._label(), "epsilon", epsilon, minimum=-1.0)
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        losses = per_item_poly1(logits, labels, self.epsilon, self.ignore_index)
-        return losses.sum(), count_valid(labels, self.ignore_index)
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_item_poly1(logits, labels, self.epsilon, self.ignore_index)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        return self.loss_items(logits, labels).sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon:g}, {super().extra_repr()}"

@@ -76,6 +76,12 @@ class CompositeLoss(LogitsLoss):
         self.label_kind = kinds[0]
         self.decomposable = all(loss.decomposable for loss in self.losses.values())
         self.ignore_index = next(iter(self.losses.values())).ignore_index
+        teachers = {getattr(loss, "teacher_input", None) for loss in self.losses.values() if _needs_teacher(loss)}
+        if len(teachers) > 1:
+            raise ValueError(f"{self._label()}: components need a teacher's {sorted(teachers)}; use one kind.")
+        #: a component distils from a teacher: the trainer passes the teacher's outputs (see distillation losses)
+        self.needs_teacher = bool(teachers)
+        self.teacher_input = next(iter(teachers), None)
         self.last_components: dict[str, Tensor] = {}
 
     def _build_components(
@@ -119,33 +125,45 @@ class CompositeLoss(LogitsLoss):
         """Current effective weight of each component (static x schedule x learned/DWA factor)."""
         return self.weighting.effective_weights()
 
-    def num_items(self, labels: Tensor) -> dict[str, Tensor]:
+    def num_items(self, labels: Tensor, sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Each component's count; weight sums (``normalize="weight"``) are keyed per component, as components'
+        class weights differ."""
         counts: dict[str, Tensor] = {}
-        for loss in self.losses.values():
-            counts.update(loss.num_items(labels))
+        for name, loss in self.losses.items():
+            extra = {} if sample_weight is None else {"sample_weight": sample_weight}
+            for unit, count in loss.num_items(labels, **extra).items():
+                counts[_component_unit(name, unit)] = count
         return counts
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         for loss in self.losses.values():
             loss.check_inputs(logits, labels)
 
-    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        num_items_in_batch: NumItems = None,
+        sample_weight: Tensor | None = None,
+        **loss_inputs: Any,
+    ) -> Tensor:
+        """The weighted sum; ``sample_weight`` reaches every component, ``loss_inputs`` (a teacher's logits) the
+        components that need a teacher."""
         if self.label_kind == "index":
             labels = index_labels(labels)  # once, not once per component
         self._check_count_per_unit(num_items_in_batch)
         values: dict[str, Tensor] = {}
         fractions: dict[str, Tensor | float] = {}
         for name, loss in self.losses.items():
-            values[name] = loss(logits, labels, num_items_in_batch=num_items_in_batch)
+            count = _component_count(name, loss, num_items_in_batch)
+            weights = {} if sample_weight is None else {"sample_weight": sample_weight}
+            extra = dict(loss_inputs) if _needs_teacher(loss) else {}
+            values[name] = loss(logits, labels, num_items_in_batch=count, **weights, **extra)
             # the share of the step's items in this call scales the once-per-step parts of learned weightings
-            fractions[name] = (
-                item_fraction(
-                    loss.num_items(labels).get(loss.item_unit),
-                    select_num_items(num_items_in_batch, loss.item_unit, self._label()),
-                )
-                if loss.decomposable
-                else 1.0
-            )
+            fractions[name] = 1.0
+            if loss.decomposable:
+                local = loss.num_items(labels, **weights).get(loss.count_unit)
+                fractions[name] = item_fraction(local, select_num_items(count, loss.count_unit, self._label()))
         self.last_components = {name: value.detach() for name, value in values.items()}
         return self.weighting.combine(values, fractions)
 
@@ -163,3 +181,24 @@ class CompositeLoss(LogitsLoss):
 
     def extra_repr(self) -> str:
         return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weighting.static_weights.items())
+
+
+def _needs_teacher(loss: nn.Module) -> bool:
+    return bool(getattr(loss, "needs_teacher", False))
+
+
+def _component_unit(name: str, unit: str) -> str:
+    """A component's ``num_items_in_batch`` key: counts are shared by unit (the same labels give the same count),
+    weight sums are per component (``"focal:label_weight"``)."""
+    return f"{name}:{unit}" if unit.endswith("_weight") else unit
+
+
+def _component_count(name: str, loss: nn.Module, num_items_in_batch: NumItems) -> NumItems:
+    """The count a component divides by, out of the composite's mapping (its weight sum renamed to its unit)."""
+    if not isinstance(num_items_in_batch, Mapping):
+        return num_items_in_batch
+    unit = getattr(loss, "count_unit", getattr(loss, "item_unit", "label"))
+    key = _component_unit(name, unit)
+    if key in num_items_in_batch:
+        return {unit: num_items_in_batch[key]}
+    return num_items_in_batch

@@ -82,11 +82,12 @@ class InfoNCELoss(EmbeddingPairLoss):
         owner = self._label()
         self.temperature = check_number(owner, "temperature", temperature, minimum=0.0, strict=True)
         self.symmetric = check_bool(owner, "symmetric", symmetric)
-        self.normalize = check_bool(owner, "normalize", normalize)
+        # not `self.normalize`: that is the base class's reduction denominator ("count" / "weight")
+        self.normalize_embeddings = check_bool(owner, "normalize", normalize)
         self.across_processes = check_bool(owner, "across_processes", across_processes)
 
     def loss_sum(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
-        if self.normalize:
+        if self.normalize_embeddings:
             queries, keys = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
         if self.across_processes:
             sizes = process_sizes(queries.shape[0], queries.device)
@@ -110,6 +111,6 @@ class InfoNCELoss(EmbeddingPairLoss):
 
     def extra_repr(self) -> str:
         return (
-            f"temperature={self.temperature:g}, symmetric={self.symmetric}, normalize={self.normalize}, "
+            f"temperature={self.temperature:g}, symmetric={self.symmetric}, normalize={self.normalize_embeddings}, "
             f"across_processes={self.across_processes}"
         )

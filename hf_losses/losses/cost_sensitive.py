@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import LogitsLoss
+from hf_losses.losses.base import LogitsLoss, LossBase, Normalize, Reduction
 from hf_losses.losses.checks import check_choice, check_finite, check_number
 from hf_losses.losses.ignored import count_valid
 from hf_losses.registry import register_loss
@@ -76,8 +76,10 @@ class CostSensitiveLoss(LogitsLoss):
         cost_matrix: Sequence[Sequence[float]] | Tensor,
         cost_weight: float = 1.0,
         ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         self.cost_weight = check_number(self._label(), "cost_weight", cost_weight, minimum=0.0)
         self.register_buffer("cost_matrix", as_cost_matrix(self._label(), cost_matrix))
 
@@ -90,9 +92,11 @@ class CostSensitiveLoss(LogitsLoss):
                 f"have C={logits.shape[1]} classes; give a C x C matrix."
             )
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        losses = per_item_cost_sensitive(logits, labels, self.cost_matrix, self.cost_weight, self.ignore_index)
-        return losses.sum(), count_valid(labels, self.ignore_index)
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return per_item_cost_sensitive(logits, labels, self.cost_matrix, self.cost_weight, self.ignore_index)
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+        return self.loss_items(logits, labels).sum(), count_valid(labels, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"cost_weight={self.cost_weight:g}, cost_matrix={self.cost_matrix.tolist()}, {super().extra_repr()}"
@@ -118,12 +122,20 @@ class FalseNegativePenaltyLoss(CostSensitiveLoss):
     reference = "Elkan 2001, The Foundations of Cost-Sensitive Learning (IJCAI)"
 
     def __init__(
-        self, fn_cost: float = 5.0, positive_class: int = 1, cost_weight: float = 1.0, ignore_index: int = IGNORE_INDEX
+        self,
+        fn_cost: float = 5.0,
+        positive_class: int = 1,
+        cost_weight: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
         owner = self._label()  # before nn.Module.__init__: the name is a class attribute
         fn_cost = check_number(owner, "fn_cost", fn_cost, minimum=0.0)
         positive_class = check_choice(owner, "positive_class", positive_class, (0, 1))
-        super().__init__(fn_cost_matrix(fn_cost, positive_class), cost_weight, ignore_index)
+        super().__init__(
+            fn_cost_matrix(fn_cost, positive_class), cost_weight, ignore_index, reduction=reduction, normalize=normalize
+        )
         self.fn_cost = fn_cost
         self.positive_class = positive_class
 
@@ -138,7 +150,7 @@ class FalseNegativePenaltyLoss(CostSensitiveLoss):
     def extra_repr(self) -> str:
         return (
             f"fn_cost={self.fn_cost:g}, positive_class={self.positive_class}, cost_weight={self.cost_weight:g}, "
-            f"ignore_index={self.ignore_index}"
+            f"{LossBase.extra_repr(self)}"
         )
 
 

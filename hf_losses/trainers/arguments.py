@@ -121,6 +121,14 @@ class LossArgumentsMixin:
             "one missing its loss state; by default that is refused with the list of differences."
         },
     )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher of a distillation loss ('distillation', 'causal_lm_distillation'): a local path or Hub "
+            "name, loaded with the student's Auto class, frozen, prepared like the student (DeepSpeed ZeRO-3: "
+            "partitioned), never saved with it. A model object can be passed as LossTrainer(teacher_model=...)."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._validate_loss()
@@ -165,7 +173,14 @@ class LossArgumentsMixin:
                 f"Unknown loss_task {self.loss_task!r}.{did_you_mean(self.loss_task, TASKS)} "
                 f"Choose one of {list(TASKS)}."
             )
+        if isinstance(self.teacher_model, str) and not self.teacher_model.strip():
+            self.teacher_model = None
         if self.loss_type == "auto":
+            if self.teacher_model is not None:
+                raise ValueError(
+                    f"`teacher_model` {self.teacher_model!r} given with loss_type='auto' (the model's own loss uses "
+                    f"no teacher); name a distillation loss, e.g. --loss_type distillation."
+                )
             if self.loss_kwargs:
                 raise ValueError(
                     f"`loss_kwargs` {self.loss_kwargs} given with loss_type='auto' (the model's own "
@@ -183,7 +198,12 @@ class LossArgumentsMixin:
         explicit = self.class_weights if isinstance(self.class_weights, list) else None
         size = len(explicit) if explicit else 2
         weights = explicit if explicit else ([1.0] * size if self.class_weights is not None else None)
-        build_loss(self.loss_type, fill_class_information(self.loss_type, self.loss_kwargs, weights, [1] * size))
+        loss = build_loss(self.loss_type, fill_class_information(self.loss_type, self.loss_kwargs, weights, [1] * size))
+        if self.teacher_model is not None and not getattr(loss, "needs_teacher", False):
+            raise ValueError(
+                f"`teacher_model` {self.teacher_model!r} given but loss '{self.loss_type}' does not use a teacher; "
+                f"choose a distillation loss ('distillation', 'causal_lm_distillation') or drop `teacher_model`."
+            )
 
 
 @dataclass

@@ -113,8 +113,13 @@ class HiddenStatesLossCall(LossCall):
         return loss, {"last_hidden_state": hidden_states}
 
 
-def loss_call_for(loss: nn.Module | None, task: Task) -> LossCall:
-    """The one dispatch on the loss's type."""
+def loss_call_for(loss: nn.Module | None, task: Task, teacher: Any = None) -> LossCall:
+    """The one dispatch on the loss's type, and on whether it distils from a ``teacher``
+    (:class:`~hf_losses.trainers.teacher.Teacher`)."""
+    if teacher is not None or getattr(loss, "needs_teacher", False):
+        from hf_losses.trainers.teacher import teacher_loss_call  # teacher.py builds on the calls above
+
+        return teacher_loss_call(loss, task, teacher)
     if loss is None:
         return ModelLossCall(loss, task)
     if isinstance(loss, HiddenStatesLoss):

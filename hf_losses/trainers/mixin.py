@@ -43,10 +43,12 @@ from hf_losses.distributed import sum_across_processes
 from hf_losses.trainers import loss_state
 from hf_losses.trainers.callbacks import ComponentAverager, LossStateCallback, weights_to_log
 from hf_losses.trainers.checkpoints import check_resume, last_complete_checkpoint
+from hf_losses.trainers.data_weights import WEIGHT_COLUMNS, DataWeightsCollator, raise_model_loss_weights
 from hf_losses.trainers.loss_calls import LossCall, loss_call_for
 from hf_losses.trainers.model_card import LOSS_CONFIG_NAME, add_training_loss_section, write_loss_config
 from hf_losses.trainers.nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite_report
 from hf_losses.trainers.resolution import LossPlan, resolve_loss
+from hf_losses.trainers.teacher import Teacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +58,12 @@ class LossTrainerMixin:
     first: ``class MyTrainer(LossTrainerMixin, MyOwnTrainer)``. With plain ``TrainingArguments`` the model's own
     loss is trained, exactly."""
 
-    def __init__(self, *args: Any, loss: nn.Module | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, loss: nn.Module | None = None, teacher_model: nn.Module | str | None = None, **kwargs: Any
+    ) -> None:
         self._explicit_loss = loss
         self.loss: nn.Module | None = None
+        self._teacher: Teacher | None = None
         self._loss_ready = False
         if not isinstance(self, Trainer):
             raise TypeError(
@@ -66,10 +71,18 @@ class LossTrainerMixin:
                 f"e.g. class {type(self).__name__}(LossTrainerMixin, Trainer)."
             )
         super().__init__(*args, **kwargs)
+        if not isinstance(self.data_collator, DataWeightsCollator):
+            self.data_collator = DataWeightsCollator(self.data_collator)
         self._predicting = False
         self._components = ComponentAverager()
         self.add_callback(LossStateCallback(self._components))
+        # a teacher (distillation) is loaded and checked against the student before the (costly) preparation;
+        # it stays an attribute of the trainer, never a submodule of the model: checkpoints hold the student alone
+        self._teacher = load_teacher(teacher_model or getattr(self.args, "teacher_model", None), self.model)
         self._setup_loss(self.model)
+        if self._teacher is not None:
+            self._teacher.prepare(self.accelerator, self.args)
+        self.teacher_model: nn.Module | None = None if self._teacher is None else self._teacher.model
         self._loss_ready = True
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -79,7 +92,10 @@ class LossTrainerMixin:
         plan: LossPlan = resolve_loss(self.args, model, self.train_dataset, loss=self._explicit_loss)
         self.plan, self.loss, self.task = plan, plan.loss, plan.task
         self._loss_config = plan.config
-        self._call: LossCall = loss_call_for(plan.loss, plan.task)
+        self._call: LossCall = loss_call_for(plan.loss, plan.task, self._teacher)
+        if self._teacher is not None:
+            self._teacher.check_fits(model, plan.task)
+            self._loss_config = {**plan.config, "teacher_model": self._teacher.name}
         self._stock = plan.loss is None and (self.compute_loss_func is not None or self.label_smoother is not None)
         if plan.loss is not None:
             self._refuse_stock_loss_options(plan.loss_type)
@@ -147,6 +163,13 @@ class LossTrainerMixin:
             validate()
         self._setup_loss(self.model)
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the data-weight columns through ``remove_unused_columns`` (the model never sees them)."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + [
+            column for column in WEIGHT_COLUMNS if column not in self._signature_columns
+        ]
+
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Loss parameters (learned log-variances...) get no weight decay: it would bias them towards 0."""
         return [name for name in super().get_decay_parameter_names(model) if not loss_state.is_loss_parameter(name)]
@@ -162,15 +185,36 @@ class LossTrainerMixin:
         totals: dict[str, Tensor] = {}
         for batch in batch_samples:
             for unit, count in self._call.num_items(batch).items():
-                count = torch.as_tensor(count).to(device=device, dtype=torch.int64)
+                # counts are summed exactly as integers, weight sums (normalize="weight") in float64
+                dtype = torch.float64 if unit.endswith("_weight") else torch.int64
+                count = torch.as_tensor(count).to(device=device, dtype=dtype)
                 totals[unit] = count if unit not in totals else totals[unit] + count
         if not totals:
             return None
         units = sorted(totals)
-        stacked = torch.stack([totals[unit].reshape(()) for unit in units])
-        if self.args.world_size > 1:
-            stacked = sum_across_processes(stacked)
-        return {unit: stacked[index] for index, unit in enumerate(units)}
+        result = {}
+        for dtype in (torch.int64, torch.float64):
+            group = [unit for unit in units if totals[unit].dtype == dtype]
+            if not group:
+                continue
+            stacked = torch.stack([totals[unit].reshape(()) for unit in group])
+            if self.args.world_size > 1:
+                stacked = sum_across_processes(stacked)
+            result.update({unit: stacked[index] for index, unit in enumerate(group)})
+        self._refuse_weightless_step(result)
+        return result
+
+    def _refuse_weightless_step(self, totals: dict[str, Tensor]) -> None:
+        """A whole optimizer step whose data weights sum to 0 has no weighted mean (0/0): a clear error rather than
+        a silent step that only weight decay and momentum would move (one host read per step, on the trainer's
+        side)."""
+        for unit, total in totals.items():
+            if unit.endswith("_weight") and float(total) == 0.0:
+                raise ValueError(
+                    f"LossTrainer: the items of optimizer step {self.state.global_step + 1} have total weight 0 "
+                    f"(normalize='weight' divides by it); every `sample_weight` / `token_weight` (times the class "
+                    f"weights) of the step's batches is 0. Drop those examples, or use normalize='count'."
+                )
 
     # ------------------------------------------------------------------------------------------ loss
     def compute_loss(
@@ -181,6 +225,8 @@ class LossTrainerMixin:
         num_items_in_batch: Any = None,
     ) -> Tensor | tuple[Tensor, Any]:
         training = model.training and not self._predicting
+        if self._stock and any(column in inputs for column in WEIGHT_COLUMNS):
+            raise_model_loss_weights(inputs)
         if self._stock:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
@@ -194,6 +240,8 @@ class LossTrainerMixin:
     ) -> Tensor | tuple[Tensor, Any]:
         if not training:
             num_items_in_batch = None  # evaluation: per-batch means, as the stock Trainer
+        if self.loss is None and any(column in inputs for column in WEIGHT_COLUMNS):
+            raise_model_loss_weights(inputs)
         if self.loss is not None:
             self._prepare_loss(training)
         loss, outputs = self._call.call(model, inputs, num_items_in_batch)

@@ -116,6 +116,8 @@ def training_loss_section(config: Mapping[str, Any]) -> str:
     if config.get("class_counts") is not None:
         lines.append(f"- training-set class counts: {config['class_counts']}")
     lines.append(f"- task: `{config.get('loss_task')}`")
+    if config.get("teacher_model"):
+        lines.append(f"- teacher (distillation, not part of this model): `{config['teacher_model']}`")
     lines.append(f"- reduction: {config.get('reduction')}")
     lines += ["", f"The full configuration is in `{LOSS_CONFIG_NAME}`.", _SECTION_END, ""]
     return "\n".join(lines)

@@ -107,6 +107,13 @@ def class_weight_values(
 
 def check_loss_fits_task(loss: nn.Module, loss_type: str, task: Task) -> None:
     """A loss whose labels the task cannot give, or a hidden-state loss outside a causal LM, is refused at init."""
+    reduction = getattr(loss, "reduction", "mean")
+    if reduction != "mean":
+        raise ValueError(
+            f"LossTrainer: loss '{loss_type}' has reduction={reduction!r}; the trainer needs one number per step "
+            f"(reduction='mean', reduced exactly by the step's item count). reduction='none' / 'sum' are for use "
+            f"outside the trainer (hard-example mining, logging)."
+        )
     if isinstance(loss, HiddenStatesLoss):
         if task.name != "causal_lm":
             raise ValueError(
