@@ -108,7 +108,7 @@ def test_integers_are_accepted_where_floats_are_expected():
 def test_describe_loss_gives_parameters_types_defaults_summary_and_reference():
     description = describe_loss("class_balanced")
     parameters = {p.name: p for p in description.parameters}
-    assert list(parameters) == ["samples_per_class", "beta", "base", "gamma", "ignore_index"]
+    assert list(parameters) == ["samples_per_class", "beta", "base", "gamma", "ignore_index", "reduction", "normalize"]
     assert (
         parameters["samples_per_class"].required and parameters["samples_per_class"].type == "list of float or a Tensor"
     )
