@@ -94,6 +94,9 @@ class LossBase(nn.Module):
     label_kind: ClassVar[LabelKind] = "index"
     #: False for losses whose value needs whole-batch statistics (they ignore ``num_items_in_batch``)
     decomposable: ClassVar[bool] = True
+    #: True for losses that apply data weights and ``normalize="weight"`` themselves (inside a kernel) rather than
+    #: from :meth:`loss_items`
+    weighs_tokens: ClassVar[bool] = False
 
     def __init__(
         self, ignore_index: int = IGNORE_INDEX, *, reduction: Reduction = "mean", normalize: Normalize = "count"
@@ -104,7 +107,8 @@ class LossBase(nn.Module):
         self.ignore_index = ignore_index
         self.reduction = check_choice(self._label(), "reduction", reduction, REDUCTIONS)
         self.normalize = check_choice(self._label(), "normalize", normalize, NORMALIZATIONS)
-        if (self.reduction != "mean" or self.normalize != "count") and not self.has_item_losses():
+        weights_unsupported = self.normalize != "count" and not (self.has_item_losses() or self.weighs_tokens)
+        if (self.reduction != "mean" and not self.has_item_losses()) or weights_unsupported:
             option = "reduction" if self.reduction != "mean" else "normalize"
             raise ValueError(
                 f"{self._label()}: `{option}={getattr(self, option)!r}` needs per-item losses, which this loss does "
@@ -242,18 +246,59 @@ Loss = LogitsLoss
 class HiddenStatesLoss(LossBase):
     """A loss on the final hidden states ``(N, T, H)`` and an output head ``weight (V, H)`` / ``bias (V,)``.
 
+    Data weights (``sample_weight``) and ``normalize="weight"`` are applied inside the kernel (``weighs_tokens``).
     The trainer hands it the hidden states the model feeds its head, never the logits (see
     :mod:`hf_losses.trainers.hidden_states`); ``labels`` are as the model receives them (unshifted for a causal
     LM) and ``shift_labels``, when a collator gives them, are already aligned with the positions.
     """
 
+    weighs_tokens: ClassVar[bool] = True
+
     def targets(self, labels: Tensor | None, shift_labels: Tensor | None = None) -> Tensor:
         """The per-position targets the loss compares the hidden states' predictions with."""
         raise NotImplementedError
 
-    def num_items(self, labels: Tensor | None, shift_labels: Tensor | None = None) -> dict[str, Tensor]:
-        """Count of non-ignored targets (after any shift)."""
-        return {self.item_unit: (self.targets(labels, shift_labels) != self.ignore_index).sum()}
+    def item_weights(self, targets: Tensor) -> Tensor:
+        """1 per non-ignored target (subclasses with class weights over the vocabulary: ``w[target]``)."""
+        return (targets != self.ignore_index).to(torch.float32)
+
+    def reduction_scale(
+        self, hidden_states: Tensor, targets: Tensor, num_items_in_batch: NumItems, token_weight: Tensor | None
+    ) -> Tensor:
+        """``1 / denominator``: the step's count (or weight sum) when given, else this call's."""
+        if self.normalize == "weight":
+            local = self.item_weights(targets) if token_weight is None else token_weight
+            local = local.sum()
+        else:
+            local = (targets != self.ignore_index).sum()
+        one = torch.ones((), dtype=compute_dtype(hidden_states), device=hidden_states.device)
+        return reduce_by_items(one, local, num_items_in_batch, self.count_unit, self._label())
+
+    def num_items(
+        self, labels: Tensor | None, shift_labels: Tensor | None = None, sample_weight: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Count of non-ignored targets (after any shift); their weight sum for ``normalize="weight"``."""
+        targets = self.targets(labels, shift_labels)
+        if self.normalize == "weight":
+            weights = self.target_weights(targets, sample_weight, shifted=shift_labels is None)
+            return {self.count_unit: weights.sum(dtype=torch.float64 if weights.device.type != "mps" else None)}
+        return {self.item_unit: (targets != self.ignore_index).sum()}
+
+    def target_weights(self, targets: Tensor, sample_weight: Tensor | None, shifted: bool) -> Tensor:
+        """Each target's weight: the class weight of its token (see :meth:`item_weights`) times its data weight --
+        ``(N,)`` per sequence, or per token aligned with the unshifted labels (shifted here like them when
+        ``shifted``); 0 at ignored targets."""
+        weights = self.item_weights(targets)
+        if sample_weight is None:
+            return weights
+        return weights * self.data_weights(targets, sample_weight, shifted)
+
+    def data_weights(self, targets: Tensor, sample_weight: Tensor, shifted: bool) -> Tensor:
+        """The data weight of each target, shaped like ``targets`` (per-token weights shifted with the labels)."""
+        if shifted and sample_weight.dim() > 1 and sample_weight.shape[-1] == targets.shape[-1]:
+            sample_weight = torch.nn.functional.pad(sample_weight[..., 1:], (0, 1), value=0.0)
+        expanded = expand_sample_weight(self._label(), sample_weight, targets)
+        return expanded.to(torch.float32).expand(targets.shape)
 
     def forward(
         self,

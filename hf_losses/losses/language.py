@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import HiddenStatesLoss, NumItems, compute_dtype, reduce_by_items
+from hf_losses.losses.base import HiddenStatesLoss, Normalize, NumItems
 from hf_losses.losses.checks import as_vector, check_number
-from hf_losses.losses.inputs import check_same_device, index_labels
+from hf_losses.losses.inputs import check_in_range, check_same_device, index_labels
 from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
 from hf_losses.registry import register_loss
 
@@ -57,8 +57,9 @@ class CausalLMLoss(HiddenStatesLoss):
         softcap: float | None = None,
         class_weights: Sequence[float] | Tensor | None = None,
         ignore_index: int = IGNORE_INDEX,
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, normalize=normalize)
         owner = self._label()
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -85,6 +86,13 @@ class CausalLMLoss(HiddenStatesLoss):
             raise ValueError(f"{self._label()}: give `labels` (unshifted) or `shift_labels`.")
         return shift_causal_labels(self._token_ids("labels", labels), self.ignore_index)
 
+    def item_weights(self, targets: Tensor) -> Tensor:
+        """``class_weights[target]`` (1 without), 0 at ignored targets: the denominator of ``normalize="weight"``."""
+        valid = targets != self.ignore_index
+        if self.class_weights is None:
+            return valid.to(torch.float32)
+        return torch.where(valid, self.class_weights.to(torch.float32)[targets.masked_fill(~valid, 0)], 0.0)
+
     def _token_ids(self, name: str, ids: Tensor) -> Tensor:
         """Integer token ids of any integer dtype, as int64 (converted once)."""
         if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
@@ -104,7 +112,10 @@ class CausalLMLoss(HiddenStatesLoss):
         bias: Tensor | None = None,
         num_items_in_batch: NumItems = None,
         shift_labels: Tensor | None = None,
+        sample_weight: Tensor | None = None,
     ) -> Tensor:
+        """``sample_weight``: ``(N,)`` per sequence or ``(N, T)`` per token, aligned with ``labels`` (with
+        ``shift_labels``: with them); it multiplies each token's loss inside the kernel."""
         if weight is None:
             raise TypeError(
                 f"{self._label()}: works from hidden states and the LM head; call "
@@ -114,10 +125,14 @@ class CausalLMLoss(HiddenStatesLoss):
         self.check_head(hidden_states, weight, bias)
         targets = self.targets(labels, shift_labels)
         self.check_targets(hidden_states, targets, weight.shape[0])
-        count = self.valid_mask(targets).sum()
-        # 1 / (num_items_in_batch, else the local count), clamped to >= 1: the contract's reduction
-        one = torch.ones((), dtype=compute_dtype(hidden_states), device=hidden_states.device)
-        scale = reduce_by_items(one, count, num_items_in_batch, self.item_unit, self._label())
+        token_weight = local_weights = None
+        if sample_weight is not None:
+            token_weight = self.data_weights(targets, sample_weight, shifted=shift_labels is None)
+            local_weights = self.item_weights(targets) * token_weight
+            token_weight = token_weight.reshape(-1)
+        # 1 / (num_items_in_batch, else the local count or weight sum): the contract's reduction
+        scale = self.reduction_scale(hidden_states, targets, num_items_in_batch, local_weights)
+        extra = {} if token_weight is None else {"token_weight": token_weight}
         loss, z_part = linear_cross_entropy(
             hidden_states,
             targets,
@@ -130,6 +145,7 @@ class CausalLMLoss(HiddenStatesLoss):
             ignore_index=self.ignore_index,
             chunk_size=self.chunk_size,
             scale=scale,
+            **extra,
         )
         # logged by the trainer as loss/<name>; only worth it when there are two parts
         self.last_components = {"cross_entropy": (loss - z_part).detach(), "z_loss": z_part} if self.z_loss > 0 else {}
@@ -184,13 +200,9 @@ class CausalLMLoss(HiddenStatesLoss):
                 f"{owner}: labels shape {tuple(targets.shape)} must equal hidden_states shape "
                 f"{tuple(hidden_states.shape)} without its last (hidden) dimension."
             )
-        out_of_range = ((targets < 0) | (targets >= vocab_size)) & (targets != self.ignore_index)
-        if out_of_range.any():
-            bad = targets[out_of_range][0].item()
-            raise ValueError(
-                f"{owner}: labels must be token ids in [0, {vocab_size}) or "
-                f"ignore_index={self.ignore_index}; found {bad}."
-            )
+        # read on the CPU; an asynchronous device assert elsewhere (no device sync)
+        message = f"{owner}: labels must be token ids in [0, {vocab_size}) or ignore_index={self.ignore_index}"
+        check_in_range(targets, 0, vocab_size, self.ignore_index, message)
         if self.class_weights is not None and self.class_weights.numel() != vocab_size:
             raise ValueError(
                 f"{owner}: `class_weights` has {self.class_weights.numel()} entries but the LM head "

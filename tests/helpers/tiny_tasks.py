@@ -300,9 +300,11 @@ def trainer_gradients(
     loss_task: str = "auto",
     trainer_class: Callable[..., Any] | None = None,
     num_labels: int = NUM_LABELS,
+    extra_columns: Mapping[str, list] | None = None,
     **overrides: Any,
 ) -> tuple[list[torch.Tensor], Any]:
-    """Gradients of every optimizer step of one epoch over ``num_samples`` examples, and the trainer."""
+    """Gradients of every optimizer step of one epoch over ``num_samples`` examples (plus ``extra_columns``, e.g.
+    data weights), and the trainer."""
     from hf_losses import LossTrainer
 
     args = training_arguments(
@@ -318,11 +320,19 @@ def trainer_gradients(
     trainer = (trainer_class or LossTrainer)(
         model=build_model(task, num_labels=num_labels),
         args=args,
-        train_dataset=build_dataset(task, num_samples, ignored=ignored, num_labels=num_labels),
+        train_dataset=_with_columns(
+            build_dataset(task, num_samples, ignored=ignored, num_labels=num_labels), extra_columns
+        ),
         callbacks=[capture],
     )
     trainer.train()
     return capture.gradients, trainer
+
+
+def _with_columns(dataset: Any, columns: Mapping[str, list] | None) -> Any:
+    for name, values in (columns or {}).items():
+        dataset = dataset.add_column(name, list(values[: len(dataset)]))
+    return dataset
 
 
 def max_steps_for(num_samples: int, batch_size: int, accumulation: int, processes: int = 1) -> int:
