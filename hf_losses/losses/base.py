@@ -129,7 +129,7 @@ class LossBase(nn.Module):
     def item_weights(self, second: Tensor) -> Tensor:
         """Each item's weight from the loss's own parameters (class weights ``w[y_i]``; 1 without), 0 at ignored
         entries, shaped like :meth:`loss_items`: the denominator of ``normalize="weight"``."""
-        valid = self.valid_mask(second) if self.label_kind == "index" else torch.ones_like(second, dtype=torch.bool)
+        valid = self.valid_mask(second)  # float targets mark ignored entries with ignore_index too
         if self.item_unit == "sample":
             valid = valid.reshape(valid.shape[0], math.prod(valid.shape[1:])).any(dim=1)
         return valid.to(torch.float32)

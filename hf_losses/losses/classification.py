@@ -116,7 +116,7 @@ def per_item_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Unreduced ``F.cross_entropy`` (0 at ignored entries) -- each entry is ``w[y_i] * ce_i``; for class
-    probabilities ``y`` (float, shaped like the logits) ``-sum_c w_c y'_c log p_c`` per row, ``y' = y (1-eps) + eps/C``."""
+    probabilities ``y`` (float, shaped like the logits) ``-sum_c w_c y'_c log p_c`` per row, ``y' = y (1-e) + e/C``."""
     weight = None if weight is None else weight.to(logits)
     if labels.is_floating_point():
         return F.cross_entropy(
@@ -226,9 +226,10 @@ def per_item_focal(
     if labels.is_floating_point():
         return per_item_soft_focal(logits, labels, gamma, alpha, label_smoothing)
     if label_smoothing > 0:
-        valid = labels != ignore_index
-        one_hot = F.one_hot(class_indices(labels, ignore_index), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-        return torch.where(valid, per_item_soft_focal(logits, one_hot, gamma, alpha, label_smoothing), 0.0)
+        # one-hot rows (N, C, d1, ...) by scatter: unlike F.one_hot, no range check that reads the labels
+        one_hot = torch.zeros_like(logits).scatter_(1, class_indices(labels, ignore_index).unsqueeze(1), 1.0)
+        losses = per_item_soft_focal(logits, one_hot, gamma, alpha, label_smoothing)
+        return torch.where(labels != ignore_index, losses, 0.0)
     # F.cross_entropy is one fused log_softmax + gather; it is already 0 at ignored entries.
     ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     losses = ce

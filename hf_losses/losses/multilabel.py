@@ -22,22 +22,15 @@ from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_bool, check_num_classes, check_number
 from hf_losses.losses.ignored import may_contain
+from hf_losses.losses.inputs import check_in_range
 from hf_losses.registry import register_loss
 
 
 def check_binary_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
     """Targets must lie in [0, 1] (soft labels allowed) or equal ``ignore_index``."""
-    if labels.numel() == 0:
-        return
-    low, high = torch.stack(labels.aminmax()).tolist()  # one pass and one device sync in the common case
-    if low >= 0 and high <= 1:
-        return
-    bad = ((labels < 0) | (labels > 1) | labels.isnan()) & (labels != ignore_index)
-    if bad.any():
-        raise ValueError(
-            f"{owner}: `labels` must be targets in [0, 1] or ignore_index={ignore_index}; "
-            f"found {labels[bad][0].item():g}."
-        )
+    # read on the CPU; an asynchronous device assert elsewhere (no device sync)
+    message = f"{owner}: `labels` must be targets in [0, 1] or ignore_index={ignore_index}"
+    check_in_range(labels, 0.0, 1.0, ignore_index, message, high_inclusive=True)
 
 
 def smoothed_binary_targets(targets: Tensor, label_smoothing: float) -> Tensor:
@@ -107,8 +100,7 @@ def as_element_weight(owner: str, weight: Sequence[Any] | Tensor) -> Tensor:
         raise ValueError(f"{owner}: every entry of `weight` must be finite and >= 0, got {tensor.tolist()}.")
     if not (tensor > 0).any():
         raise ValueError(
-            f"{owner}: `weight` must have at least one entry > 0 (all zeros weigh every item 0), got "
-            f"{tensor.tolist()}."
+            f"{owner}: `weight` must have at least one entry > 0 (all zeros weigh every item 0), got {tensor.tolist()}."
         )
     return tensor.clone()
 
@@ -323,7 +315,9 @@ class SigmoidFocalLoss(MultiLabelLoss):
         return SigmoidFocalSum.apply(logits, targets, weight, self.class_alpha(logits), self.gamma, compute_grad)
 
     def extra_repr(self) -> str:
-        alpha = self.alpha.tolist() if isinstance(self.alpha, Tensor) else self.alpha
+        alpha = (
+            f"[{', '.join(f'{a:g}' for a in self.alpha.tolist())}]" if isinstance(self.alpha, Tensor) else self.alpha
+        )
         return f"alpha={alpha}, gamma={self.gamma:g}, {super().extra_repr()}"
 
 

@@ -16,8 +16,11 @@ from torch import Tensor
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import (
     LogitsLoss,
+    Normalize,
     NumItems,
+    Reduction,
     compute_dtype,
+    expand_sample_weight,
     float32_region,
     reduce_by_items,
     select_num_items,
@@ -98,6 +101,10 @@ class RelevanceDiversityLoss(LogitsLoss):
     ``last_components`` holds each unweighted term of the latest call, reduced like the loss (sum over this call's
     rows / ``num_items_in_batch``, or the mean without it): summed over an accumulation window they give the step's
     mean, which is how ``LossTrainer`` logs ``loss/relevance``, ``loss/diversity``, ``loss/popularity``.
+
+    With fixed (or scheduled) weights the loss is a per-row sum, so ``reduction="none"`` (one loss per row, 0 at
+    ignored rows), ``reduction="sum"``, ``normalize="weight"`` and ``sample_weight`` work as for every
+    decomposable loss; learned weightings (``"uncertainty"``, ``"dwa"``) add once-per-step terms and refuse them.
     """
 
     summary = "Next-item softmax CE (optionally sampled, logQ-corrected) + top-k diversity and popularity penalties."
@@ -121,8 +128,10 @@ class RelevanceDiversityLoss(LogitsLoss):
         dwa_period_steps: int = 100,
         initial_log_variance: float = 0.0,
         ignore_index: int = IGNORE_INDEX,
+        reduction: Reduction = "mean",
+        normalize: Normalize = "count",
     ) -> None:
-        super().__init__(ignore_index)
+        super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         owner = self._label()
         weights = {
             "relevance": check_number(owner, "relevance_weight", relevance_weight),
@@ -143,6 +152,12 @@ class RelevanceDiversityLoss(LogitsLoss):
             initial_log_variance,
             weight_parameters={name: f"{name}_weight" for name in COMPONENTS},
         )
+        if weighting != "fixed" and (self.reduction != "mean" or self.normalize != "count"):
+            option = "reduction" if self.reduction != "mean" else "normalize"
+            raise ValueError(
+                f"{owner}: `{option}={getattr(self, option)!r}` needs per-row losses, which weighting={weighting!r} "
+                f"does not give (it adds once-per-step terms); use weighting='fixed' (schedules allowed)."
+            )
         penalised = [name for name in ("diversity", "popularity") if self.weighting.is_active(name)]
         if self.top_k < 2 and penalised:
             raise ValueError(
@@ -228,40 +243,59 @@ class RelevanceDiversityLoss(LogitsLoss):
             if needed and table.shape[0] != num_items:
                 raise ValueError(f"{owner}: `{name}` has {table.shape[0]} rows but the logits score {num_items} items.")
 
-    def component_sums(self, logits: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Sum over labelled rows of each active component, and the number of labelled rows."""
+    def component_terms(self, logits: Tensor, labels: Tensor, per_row: bool = False) -> dict[str, Tensor]:
+        """Each active component: its sum over labelled rows, or (``per_row``) its value per row, 0 at ignored rows."""
         valid = self.valid_mask(labels)
-        count = valid.sum()
-        sums: dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
         if self.weighting.is_active("relevance") and not self.sampled_negatives:
             # on the full batch with ignore_index: bit-for-bit F.cross_entropy's mean after the division by count
-            sums["relevance"] = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+            terms["relevance"] = F.cross_entropy(
+                logits, labels, ignore_index=self.ignore_index, reduction="none" if per_row else "sum"
+            )
         # the other terms are computed on every row and masked (no copy of the (N, V) scores, no device sync)
         zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        rows: dict[str, Tensor] = {}
         if self.weighting.is_active("relevance") and self.sampled_negatives:
             log_q = self._log_sampling_probabilities(logits.shape[1], logits.device)
             negatives = torch.multinomial(log_q.exp(), self.sampled_negatives, replacement=True)
-            relevance = sampled_softmax_cross_entropy(logits, labels.masked_fill(~valid, 0), negatives, log_q)
-            sums["relevance"] = torch.where(valid, relevance, zero).sum()
+            rows["relevance"] = sampled_softmax_cross_entropy(logits, labels.masked_fill(~valid, 0), negatives, log_q)
         if self.weighting.is_active("diversity") or self.weighting.is_active("popularity"):
             indices, mass = top_k_mass(logits, self.top_k)
             if self.weighting.is_active("diversity"):
-                embeddings = self.item_embeddings.to(logits.device)
-                sums["diversity"] = torch.where(valid, diversity_penalty(mass, indices, embeddings), zero).sum()
+                rows["diversity"] = diversity_penalty(mass, indices, self.item_embeddings.to(logits.device))
             if self.weighting.is_active("popularity"):
                 popularity = self.item_popularity.to(logits.device)
-                penalty = popularity_penalty(mass, indices, popularity / popularity.max())
-                sums["popularity"] = torch.where(valid, penalty, zero).sum()
-        return sums, count
+                rows["popularity"] = popularity_penalty(mass, indices, popularity / popularity.max())
+        for name, values in rows.items():
+            masked = torch.where(valid, values, zero)
+            terms[name] = masked if per_row else masked.sum()
+        return terms
+
+    def component_sums(self, logits: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Sum over labelled rows of each active component, and the number of labelled rows."""
+        return self.component_terms(logits, labels), self.valid_mask(labels).sum()
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         sums, count = self.component_sums(logits, labels)
         return self.weighting.combine(sums, {name: count for name in sums}), count
 
-    def forward(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None) -> Tensor:
+    def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The weighted sum of the components per row (0 at ignored rows); fixed or scheduled weights only."""
+        self._check_per_row("per-row losses")
+        terms = self.component_terms(logits, labels, per_row=True)
+        return self.weighting.combine(terms, {name: 1.0 for name in terms})
+
+    def forward(
+        self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """The loss; ``sample_weight`` (one weight per row ``(N,)``) multiplies each row's loss (fixed weights)."""
         labels = index_labels(labels)
         self.check_inputs(logits, labels)
         owner = self._label()
+        if sample_weight is not None or self.reduction != "mean" or self.normalize != "count":
+            self._check_per_row("data weights (`sample_weight`)")
+            with float32_region(logits.device.type):
+                return self._reduce_rows(logits.to(compute_dtype(logits)), labels, num_items_in_batch, sample_weight)
         with float32_region(logits.device.type):
             sums, count = self.component_sums(logits.to(compute_dtype(logits)), labels)
             values = {
@@ -271,6 +305,41 @@ class RelevanceDiversityLoss(LogitsLoss):
             fraction = item_fraction(count, select_num_items(num_items_in_batch, self.item_unit, owner))
             self.last_components = {name: value.detach() for name, value in values.items()}
             return self.weighting.combine(values, {name: fraction for name in values})
+
+    def _check_per_row(self, what: str) -> None:
+        if self.weighting.weighting != "fixed":
+            raise ValueError(
+                f"{self._label()}: {what} need fixed (or scheduled) component weights; weighting="
+                f"{self.weighting.weighting!r} adds once-per-step terms that have no per-row value."
+            )
+
+    def _reduce_rows(
+        self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems, sample_weight: Tensor | None
+    ) -> Tensor:
+        """The per-row path (data weights, ``reduction`` "none"/"sum", ``normalize="weight"``); each component is
+        reduced like the loss into ``last_components`` (per row for ``reduction="none"``)."""
+        owner = self._label()
+        terms = self.component_terms(logits, labels, per_row=True)
+        weights = None
+        if sample_weight is not None:
+            weights = expand_sample_weight(owner, sample_weight, labels).to(logits.dtype)
+            terms = {name: values * weights for name, values in terms.items()}
+        if self.reduction == "none":
+            values = terms
+        elif self.reduction == "sum":
+            values = {name: rows.sum() for name, rows in terms.items()}
+        else:
+            if self.normalize == "weight":
+                local = self.item_weights(labels).to(logits.dtype)
+                local = (local if weights is None else local * weights).sum()
+            else:
+                local = self.valid_mask(labels).sum()
+            values = {
+                name: reduce_by_items(rows.sum(), local, num_items_in_batch, self.count_unit, owner)
+                for name, rows in terms.items()
+            }
+        self.last_components = {name: value.detach() for name, value in values.items()}
+        return self.weighting.combine(values, {name: 1.0 for name in values})
 
     def extra_repr(self) -> str:
         weights = ", ".join(f"{n}_weight={w:g}" for n, w in self.weighting.static_weights.items())

@@ -17,6 +17,7 @@ INDEX_CASES = {
     "cross_entropy-weighted-smoothed": ("cross_entropy", {"weight": [0.5, 2.0, 1.0], "label_smoothing": 0.1}, 3),
     "focal-scalar-alpha": ("focal", {"gamma": 2.0, "alpha": 0.25}, 3),
     "focal-class-alpha": ("focal", {"gamma": 0.5, "alpha": [0.2, 0.3, 0.5]}, 3),
+    "focal-smoothed": ("focal", {"gamma": 2.0, "alpha": [0.2, 0.3, 0.5], "label_smoothing": 0.1}, 3),
     "class_balanced-ce": ("class_balanced", {"samples_per_class": [100, 10, 3], "beta": 0.99}, 3),
     "class_balanced-focal": ("class_balanced", {"samples_per_class": [100, 10, 3], "base": "focal", "gamma": 1.5}, 3),
     "ldam": ("ldam", {"samples_per_class": [100, 10, 3], "scale": 2.0, "weight": [1.0, 2.0, 3.0]}, 3),
@@ -27,10 +28,13 @@ INDEX_CASES = {
 BINARY_CASES = {
     "bce": ("bce", {}, 3),
     "bce-pos_weight": ("bce", {"pos_weight": [1.0, 3.0, 0.5]}, 3),
+    "bce-pos_weight-smoothed": ("bce", {"pos_weight": [1.0, 3.0, 0.5], "label_smoothing": 0.1}, 3),
     "sigmoid_focal": ("sigmoid_focal", {"alpha": 0.25, "gamma": 2.0}, 3),
     "sigmoid_focal-no-alpha": ("sigmoid_focal", {"alpha": None, "gamma": 0.5}, 3),
+    "sigmoid_focal-class-alpha": ("sigmoid_focal", {"alpha": [0.1, 0.5, 0.9], "gamma": 1.5}, 3),
     "asl": ("asl", {}, 3),
     "asl-focused-positives": ("asl", {"gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.1}, 3),
+    "asl-smoothed": ("asl", {"label_smoothing": 0.1}, 3),
 }
 CASES = {**INDEX_CASES, **BINARY_CASES}
 
@@ -357,6 +361,7 @@ BAD_ARGUMENTS = [
     ("focal", {"alpha": -0.25}, ValueError, r"loss 'focal': `alpha` must be in \[0, 1\], got -0.25"),
     ("focal", {"alpha": 1.5}, ValueError, r"loss 'focal': `alpha` must be in \[0, 1\], got 1.5"),
     ("focal", {"alpha": [0.5, -0.5]}, ValueError, r"loss 'focal': every entry of `alpha` must be >= 0"),
+    ("focal", {"label_smoothing": 1.5}, ValueError, r"loss 'focal': `label_smoothing` must be in \[0, 1\], got 1.5"),
     (
         "class_balanced",
         {"samples_per_class": [5, 5], "beta": 1.0},
@@ -421,6 +426,14 @@ BAD_ARGUMENTS = [
     ("bce", {"pos_weight": -1.0}, ValueError, r"loss 'bce': `pos_weight` must be in \[0, inf\), got -1"),
     ("bce", {"pos_weight": [1.0, -2.0]}, ValueError, r"loss 'bce': every entry of `pos_weight` must be >= 0"),
     ("sigmoid_focal", {"alpha": -0.25}, ValueError, r"loss 'sigmoid_focal': `alpha` must be in \[0, 1\], got -0.25"),
+    (
+        "sigmoid_focal",
+        {"alpha": [0.25, 2.0]},
+        ValueError,
+        r"loss 'sigmoid_focal': every entry of `alpha` must be in \[0, 1\], got \[0.25, 2.0\]",
+    ),
+    ("bce", {"label_smoothing": -0.1}, ValueError, r"loss 'bce': `label_smoothing` must be in \[0, 1\], got -0.1"),
+    ("asl", {"label_smoothing": 2.0}, ValueError, r"loss 'asl': `label_smoothing` must be in \[0, 1\], got 2"),
     ("sigmoid_focal", {"gamma": -2.0}, ValueError, r"loss 'sigmoid_focal': `gamma` must be in \[0, inf\)"),
     ("asl", {"gamma_neg": -1.0}, ValueError, r"loss 'asl': `gamma_neg` must be in \[0, inf\)"),
     ("asl", {"clip": 1.5}, ValueError, r"loss 'asl': `clip` must be in \[0, 1\], got 1.5"),

@@ -52,6 +52,18 @@ def test_registered_as_a_batch_loss():
     torch.testing.assert_close(loss(queries, keys, num_items_in_batch=1000), loss(queries, keys))
 
 
+def test_normalize_embeddings_flag_is_not_the_reduction_normalize():
+    """The `normalize` parameter (L2-normalise the embeddings) is stored apart from the base class's `normalize`
+    ("count" / "weight"): the loss computes, whichever value it holds."""
+    queries, keys = make_pairs()
+    for flag in (True, False):
+        loss = get_loss("info_nce", normalize=flag, temperature=0.5)
+        assert loss.normalize == "count" and loss.normalize_embeddings is flag
+        expected = loop_info_nce(queries, keys, 0.5, False, flag)
+        assert loss(queries, keys).item() == pytest.approx(expected, rel=1e-10)
+        assert f"normalize={flag}" in repr(loss)
+
+
 def test_hand_computed_orthogonal_pairs():
     """Two orthonormal pairs, t = 1: each row is -log(e / (e + 1)) = log(1 + 1/e)."""
     eye = torch.eye(2, dtype=torch.float64)

@@ -12,6 +12,8 @@ from hf_losses import describe_loss, get_loss
     [
         ("mse", {}, lambda x, y: F.mse_loss(x, y)),
         ("huber", {"delta": 0.5}, lambda x, y: F.huber_loss(x, y, delta=0.5)),
+        ("smooth_l1", {"beta": 0.5}, lambda x, y: F.smooth_l1_loss(x, y, beta=0.5)),
+        ("smooth_l1", {"beta": 0.0}, lambda x, y: F.l1_loss(x, y)),
     ],
 )
 def test_equals_torch_and_decomposes(name, kwargs, reference):
@@ -42,7 +44,7 @@ def test_integer_targets_are_refused():
         get_loss("mse")(torch.randn(2, 1), torch.tensor([[1], [2]]))
 
 
-@pytest.mark.parametrize("name", ["mse", "huber"])
+@pytest.mark.parametrize("name", ["mse", "huber", "smooth_l1"])
 def test_labels_are_real_valued_targets(name):
     assert describe_loss(name).label_kind == "target"
 
