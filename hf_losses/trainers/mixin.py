@@ -20,7 +20,8 @@ is divided by the accumulation steps, as the stock Trainer does, which is exact 
 window has the same statistics weight; across processes they are exact when they reduce their statistics with
 ``hf_losses.distributed`` (the trainer does not multiply them by ``world_size``).
 
-Loss state (learned weights, schedules): see :mod:`hf_losses.trainers.loss_state`.
+Loss state (learned weights, schedules): see :mod:`hf_losses.trainers.loss_state`. A teacher for distillation losses
+(``teacher_model=``): see :mod:`hf_losses.trainers.teacher`.
 
 Notes: labels are read from the batch's ``labels`` (and ``shift_labels``) entries; evaluation uses per-batch means
 (``eval_loss`` as the stock Trainer computes it); the global count is always taken across processes
@@ -78,7 +79,8 @@ class LossTrainerMixin:
         self.add_callback(LossStateCallback(self._components))
         # a teacher (distillation) is loaded and checked against the student before the (costly) preparation;
         # it stays an attribute of the trainer, never a submodule of the model: checkpoints hold the student alone
-        self._teacher = load_teacher(teacher_model or getattr(self.args, "teacher_model", None), self.model)
+        source = teacher_model if teacher_model is not None else getattr(self.args, "teacher_model", None)
+        self._teacher = load_teacher(source, self.model)
         self._setup_loss(self.model)
         if self._teacher is not None:
             self._teacher.prepare(self.accelerator, self.args)

@@ -61,28 +61,29 @@ _ZERO_AUTO_SIZES: dict[str, Callable[[int], int]] = {
 
 
 class Teacher:
-    """The frozen teacher of a run: ``model`` (the module, or its DeepSpeed engine once prepared), ``name`` for the
-    records, and the autocast its forward runs in."""
+    """The frozen teacher of a run: ``module`` (the model), ``model`` (what a step runs: the module, or its
+    DeepSpeed engine once prepared), ``name`` for the records, and the autocast its forward runs in."""
 
     def __init__(self, model: nn.Module, name: str) -> None:
-        self.model = freeze(model)
+        self.module = freeze(model)
+        self.model = self.module
         self.name = name
         self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """No gradient, eval mode (whatever set it to train since) and the student's autocast."""
-        if self.model.training:
-            self.model.eval()
+        if self.module.training:
+            self.module.eval()
         with torch.no_grad(), self.autocast():
             yield
 
     def check_fits(self, student: nn.Module, task: Task) -> None:
         """Raise when student and teacher disagree on the vocabulary (language models) or the number of classes."""
         if task.name in VOCABULARY_TASKS:
-            what, student_size, teacher_size = "vocabulary size", vocabulary_size(student), vocabulary_size(self.model)
+            what, student_size, teacher_size = "vocabulary size", vocabulary_size(student), vocabulary_size(self.module)
         else:
-            what, student_size, teacher_size = "number of classes", num_labels(student), num_labels(self.model)
+            what, student_size, teacher_size = "number of classes", num_labels(student), num_labels(self.module)
         if student_size is None or teacher_size is None or student_size == teacher_size:
             return
         raise ValueError(
@@ -94,9 +95,9 @@ class Teacher:
     def prepare(self, accelerator: Any, args: Any) -> None:
         """Place and prepare the teacher like the student (see the module's docstring)."""
         if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
-            self.model = deepspeed_teacher(self.model, accelerator.state.deepspeed_plugin.deepspeed_config, args)
+            self.model = deepspeed_teacher(self.module, accelerator.state.deepspeed_plugin.deepspeed_config, args)
             return
-        self.model = self.model.to(args.device)
+        self.module = self.model = self.module.to(args.device)
         self.autocast = accelerator.autocast  # a no-op context without native mixed precision
 
 

@@ -17,14 +17,24 @@ CASES = {
     "distillation": ("sequence_classification", "bert_student", "bert_teacher"),
     "causal_lm_distillation": ("causal_lm", "gpt2_student", "llama_teacher"),
 }
-#: parameters each loss is trained with (a temperature other than 1 exercises the teacher's scaling too)
-LOSS_KWARGS: dict[str, dict[str, Any]] = {"distillation": {}, "causal_lm_distillation": {}}
+#: parameters each loss is trained with: both parts (soft and hard) present, temperatures other than 1, and a
+#: generalized JSD (beta strictly between 0 and 1) on the causal-LM side
+LOSS_KWARGS: dict[str, dict[str, Any]] = {
+    "distillation": {"temperature": 3.0, "alpha": 0.7},
+    "causal_lm_distillation": {"temperature": 2.0, "alpha": 0.5, "beta": 0.5},
+}
 
 
 def build(name: str, seed: int = 0, num_labels: int = NUM_LABELS, vocab_size: int = VOCAB_SIZE) -> torch.nn.Module:
     """A student or teacher by name; the same seed gives the same weights (teachers use another seed)."""
-    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
     if name in ("bert_student", "bert_teacher"):
@@ -84,9 +94,10 @@ def student_and_teacher(loss_type: str) -> tuple[torch.nn.Module, torch.nn.Modul
     return build(student, seed=0), build(teacher, seed=1)
 
 
-def reference_gradient(loss_type: str, num_samples: int = NUM_SAMPLES) -> torch.Tensor:
-    """Plain PyTorch, no Trainer: the student's gradient of the loss over ``num_samples`` examples as one batch, the
-    teacher's outputs computed the way the loss's documentation asks (no grad, full logits or hidden states + head)."""
+def reference_gradient(loss_type: str, start: int = 0, stop: int = NUM_SAMPLES) -> torch.Tensor:
+    """Plain PyTorch, no Trainer: the student's gradient of the loss over examples ``start:stop`` as one batch, the
+    teacher's outputs computed the way the loss's documentation asks (no grad; its logits, or its final hidden states
+    and LM head)."""
     from hf_losses import get_loss
     from hf_losses.tasks import build_task
 
@@ -95,7 +106,7 @@ def reference_gradient(loss_type: str, num_samples: int = NUM_SAMPLES) -> torch.
     student.train()
     teacher.eval()
     loss = get_loss(loss_type, **LOSS_KWARGS[loss_type])
-    examples = as_batch(task_name, num_samples)
+    examples = {key: value[start:stop] for key, value in as_batch(task_name, stop).items()}
     inputs = {key: value for key, value in examples.items() if key != "labels"}
     if task_name == "causal_lm":
         student_hidden = student.transformer(**inputs).last_hidden_state
@@ -116,52 +127,3 @@ def reference_gradient(loss_type: str, num_samples: int = NUM_SAMPLES) -> torch.
         value = loss(logits, labels, teacher_logits=teacher_logits)
     value.backward()
     return flat_grad(student)
-
-
-# ------------------------------------------------------------------------------------------ TEMPORARY stand-ins
-# until hf_losses/losses/distillation.py lands: the same interface (needs_teacher, teacher_input, forward keywords)
-def _register_stand_ins() -> None:
-    import torch.nn.functional as F
-
-    from hf_losses.losses.base import HiddenStatesLoss, LogitsLoss, reduce_by_items
-    from hf_losses.losses.language import shift_causal_labels
-    from hf_losses.registry import list_losses, register_loss
-
-    if "distillation" in list_losses():
-        return
-
-    def kl_plus_ce(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> tuple:
-        valid = targets != -100
-        kl = F.kl_div(F.log_softmax(student.float(), -1), F.log_softmax(teacher.float(), -1), log_target=True,
-                      reduction="none").sum(-1)
-        ce = F.cross_entropy(student.float(), targets.clamp(min=0), reduction="none")
-        return ((0.5 * kl + 0.5 * ce) * valid).sum(), valid.sum()
-
-    @register_loss("distillation")
-    class StandInDistillation(LogitsLoss):
-        needs_teacher = True
-        teacher_input = "logits"
-
-        def forward(self, logits, labels, num_items_in_batch=None, sample_weight=None, teacher_logits=None):
-            total, count = kl_plus_ce(logits, teacher_logits, labels)
-            return reduce_by_items(total, count, num_items_in_batch, "label")
-
-    @register_loss("causal_lm_distillation")
-    class StandInCausalDistillation(HiddenStatesLoss):
-        needs_teacher = True
-        teacher_input = "hidden_states"
-
-        def targets(self, labels, shift_labels=None):
-            return shift_labels if shift_labels is not None else shift_causal_labels(labels)
-
-        def forward(self, hidden_states, labels, weight=None, bias=None, num_items_in_batch=None, shift_labels=None,
-                    sample_weight=None, teacher_hidden_states=None, teacher_weight=None, teacher_bias=None):
-            student = F.linear(hidden_states.float(), weight.float())
-            teacher = F.linear(teacher_hidden_states.float(), teacher_weight.float())
-            targets = self.targets(labels, shift_labels)
-            total, count = kl_plus_ce(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]),
-                                      targets.reshape(-1))
-            return reduce_by_items(total, count, num_items_in_batch, "label")
-
-
-_register_stand_ins()

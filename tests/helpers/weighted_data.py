@@ -15,6 +15,19 @@ from tiny_tasks import build_columns, build_model, flat_grad
 SAMPLE_WEIGHTS = [0.5, 2.0, 0.0, 0.0, 1.5, 1.0, 0.25, 3.0, 0.75, 1.25]
 CLASS_WEIGHTS = [1.0, 2.5, 0.5]
 
+#: (loss, task, weight columns, normalize, class weights)
+CASES = [
+    ("cross_entropy", "sequence_classification", ("sample",), "count", None),
+    ("cross_entropy", "sequence_classification", ("sample",), "weight", CLASS_WEIGHTS),
+    ("cross_entropy", "token_classification", ("sample", "token"), "weight", CLASS_WEIGHTS),
+    ("focal", "sequence_classification", ("sample",), "weight", None),
+    ("focal", "token_classification", ("token",), "count", CLASS_WEIGHTS),
+    ("bce", "multi_label", ("sample", "token"), "weight", None),
+    ("bce", "multi_label", ("token",), "count", None),
+    ("causal_lm", "causal_lm", ("sample", "token"), "weight", None),
+    ("causal_lm", "causal_lm", ("token",), "count", None),
+]
+
 
 def token_weights(task: str, num_samples: int) -> list:
     """Per-label-entry weights in [0, 2) with zeros, shaped like the task's labels."""

@@ -7,22 +7,9 @@ from __future__ import annotations
 
 import pytest
 from tiny_tasks import relative_error, trainer_gradients
-from weighted_data import CLASS_WEIGHTS, loss_kwargs, weight_columns, weighted_reference_gradient
+from weighted_data import CASES, loss_kwargs, weight_columns, weighted_reference_gradient
 
 TOLERANCE = 1e-5
-
-#: (loss, task, weight columns, normalize, class weights)
-CASES = [
-    ("cross_entropy", "sequence_classification", ("sample",), "count", None),
-    ("cross_entropy", "sequence_classification", ("sample",), "weight", CLASS_WEIGHTS),
-    ("cross_entropy", "token_classification", ("sample", "token"), "weight", CLASS_WEIGHTS),
-    ("focal", "sequence_classification", ("sample",), "weight", None),
-    ("focal", "token_classification", ("token",), "count", CLASS_WEIGHTS),
-    ("bce", "multi_label", ("sample", "token"), "weight", None),
-    ("bce", "multi_label", ("token",), "count", None),
-    ("causal_lm", "causal_lm", ("sample", "token"), "weight", None),
-    ("causal_lm", "causal_lm", ("token",), "count", None),
-]
 
 
 @pytest.mark.parametrize(("loss_type", "task", "kinds", "normalize", "class_weights"), CASES)
