@@ -18,7 +18,14 @@ from hf_losses.trainers.model_card import LOSS_CONFIG_NAME, LOSS_STATE_NAME
 #: written last by ``Trainer._save_checkpoint``: a checkpoint without it (or with it unreadable) is incomplete
 TRAINER_STATE_NAME = "trainer_state.json"
 #: the fields of ``loss_config.json`` that define the loss (not the version that wrote it, nor the user's spelling)
-LOSS_DEFINING_FIELDS = ("loss_type", "loss_kwargs", "loss_task", "class_weights", "class_weight_values")
+LOSS_DEFINING_FIELDS = (
+    "loss_type",
+    "loss_kwargs",
+    "loss_task",
+    "class_weights",
+    "class_weight_values",
+    "teacher_model",
+)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -176,3 +176,12 @@ def test_push_to_hub_uploads_model_card_section_config_and_weights(tmp_path):
     assert "## Training loss" in upload["readme"] and "`focal`" in upload["readme"]
     assert "class weights: `balanced`" in upload["readme"] and "Lin et al. 2017" in upload["readme"]
     assert not any("hf_losses_loss" in key for key in upload["weight_keys"])
+
+
+def test_a_different_teacher_is_a_different_loss():
+    from hf_losses.trainers.checkpoints import loss_differences
+
+    saved = {"loss_type": "distillation", "loss_kwargs": {"alpha": 0.5}, "teacher_model": "teacher-a"}
+    assert loss_differences(saved, dict(saved)) == []
+    changed = loss_differences(saved, {**saved, "teacher_model": "teacher-b"})
+    assert len(changed) == 1 and "teacher_model" in changed[0] and "teacher-b" in changed[0]
