@@ -24,6 +24,7 @@ _BUILTIN_MODULES = (
     "hf_losses.losses.multilabel",
     "hf_losses.losses.segmentation",
     "hf_losses.losses.lovasz",
+    "hf_losses.losses.mcc",
     "hf_losses.losses.regression",
     "hf_losses.losses.contrastive",
     "hf_losses.losses.ranking",

@@ -1,6 +1,13 @@
 """Call-time input checks of the losses: label dtype (converted once to int64), devices, shapes, label range and
-finite regression targets. Every message names the loss, the input and what is allowed; nothing here reads a
-device tensor's value except where the contract needs it (the label range)."""
+finite regression targets. Every message names the loss, the input and what is allowed.
+
+No check makes the host wait for an accelerator. Values are read where that is free, on the CPU (an eager
+``ValueError`` naming the first bad value); on CUDA the label range is a ``torch._assert_async`` with the same
+message, checked on the device in stream order (a bad label stops the run at the next synchronisation with a
+device-side assert that prints the message, as ``F.cross_entropy`` does with its own assert). For a Python
+exception before any device work, check the labels on the data side while they are still on the CPU
+(:func:`check_in_range` takes CPU labels).
+"""
 
 from __future__ import annotations
 
@@ -66,17 +73,13 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
                 f"over one class is 1, so the loss would be identically 0; for one binary output use 'bce' with "
                 f"float 0/1 labels, or give the model num_labels=2."
             )
-        if labels.numel() == 0:
-            return
-        low, high = torch.stack(labels.aminmax()).tolist()  # one pass and one device sync in the common case
-        if low >= 0 and high < num_classes:
-            return
-        out_of_range = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-        if out_of_range.any():
-            bad = labels[out_of_range][0].item()
-            raise ValueError(
-                f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}; found {bad}."
-            )
+        check_in_range(
+            labels,
+            0,
+            num_classes,
+            ignore_index,
+            f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}",
+        )
     else:
         what = "float multi-label targets (0./1.)" if label_kind == "binary" else "float regression targets"
         if not labels.is_floating_point():
@@ -97,9 +100,15 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
 def check_finite_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
     """Regression targets must be finite: one NaN or inf target makes the loss and every gradient NaN / inf.
 
-    Checked where the labels are on the CPU, where reading them costs no device synchronisation.
+    Read on the CPU, where that costs no device synchronisation; queued on the device elsewhere.
     """
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    if labels.numel() == 0 or labels.device.type == "meta":
+        return
+    if not values_are_free(labels):
+        assert_on_device(
+            torch.isfinite(labels).all(),
+            f"{owner}: `labels` must be finite regression targets (ignore_index={ignore_index} skips an entry)",
+        )
         return
     finite = torch.isfinite(labels)
     if not finite.all():
@@ -107,3 +116,61 @@ def check_finite_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
             f"{owner}: `labels` must be finite regression targets (ignore_index={ignore_index} skips an entry); "
             f"found {labels[~finite][0].item()}."
         )
+
+
+def values_are_free(tensor: Tensor) -> bool:
+    """Whether reading ``tensor``'s values costs nothing: on the CPU. On an accelerator it is a device->host sync
+    that stalls the host until every queued kernel has run."""
+    return tensor.device.type == "cpu"
+
+
+#: the longest message ``torch._assert_async`` carries to a CUDA kernel (its buffer is 256 bytes)
+_DEVICE_MESSAGE_LENGTH = 250
+
+
+def assert_on_device(ok: Tensor, message: str) -> None:
+    """Fail with ``message`` when the one-element boolean ``ok`` is False, without a device sync.
+
+    ``torch._assert_async`` queues the check on the device: CUDA reports a failure at a later synchronisation as a
+    device-side assert printing the message; the CPU raises ``RuntimeError(message)`` at once. A device without
+    the operator (some out-of-tree backends) reads the value instead: a sync, but never a silent pass.
+    """
+    try:
+        torch._assert_async(ok, message[:_DEVICE_MESSAGE_LENGTH])
+    except NotImplementedError:
+        if not bool(ok):
+            raise ValueError(message) from None
+
+
+def check_in_range(
+    values: Tensor, low: float, high: float, ignore_index: float, message: str, *, high_inclusive: bool = False
+) -> None:
+    """Every entry in ``[low, high)`` (``[low, high]`` with ``high_inclusive``) or equal to ``ignore_index``; NaN
+    is out of range. ``message`` names the loss, the input and the allowed values.
+
+    On the CPU one min/max pass proves the common case, else ``ValueError("<message>; found <first bad value>.")``.
+    Elsewhere the check is queued on the device (:func:`assert_on_device`): no sync, the message kept.
+    """
+    if values.numel() == 0 or values.device.type == "meta":
+        return
+    if values_are_free(values):
+        seen_low, seen_high = torch.stack(values.aminmax()).tolist()  # NaN fails both comparisons
+        if seen_low >= low and (seen_high <= high if high_inclusive else seen_high < high):
+            return
+        bad = _out_of_range(values, low, high, ignore_index, high_inclusive)
+        if bad.any():
+            value = values[bad][0].item()
+            raise ValueError(
+                f"{message}; found {value:g}." if isinstance(value, float) else f"{message}; found {value}."
+            )
+        return
+    assert_on_device(~_out_of_range(values, low, high, ignore_index, high_inclusive).any(), f"{message}.")
+
+
+def _out_of_range(values: Tensor, low: float, high: float, ignore_index: float, high_inclusive: bool) -> Tensor:
+    """Boolean mask of the entries outside the range that are not ``ignore_index`` (NaN included)."""
+    above = values > high if high_inclusive else values >= high
+    outside = (values < low) | above
+    if values.is_floating_point():
+        outside |= values.isnan()
+    return outside & (values != ignore_index)

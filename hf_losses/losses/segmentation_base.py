@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from torch import Tensor
 from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_bool
 from hf_losses.losses.ignored import may_contain
-from hf_losses.losses.inputs import check_logits_labels
+from hf_losses.losses.inputs import check_in_range, check_logits_labels
 
 
 def class_probabilities(logits: Tensor, multilabel: bool = False, from_logits: bool = True) -> Tensor:
@@ -64,19 +65,14 @@ def check_class_subset(owner: str, classes: Sequence[int] | None) -> tuple[int, 
 
 
 def check_probability_range(owner: str, name: str, tensor: Tensor, ignore_index: float | None = None) -> None:
-    """Every entry in [0, 1] (or equal to ``ignore_index``); read on the CPU only, where it costs no device sync."""
-    if tensor.device.type != "cpu" or tensor.numel() == 0:
-        return
-    low, high = tensor.detach().aminmax()
-    if bool(low >= 0) and bool(high <= 1):
-        return
-    bad = (tensor < 0) | (tensor > 1) | tensor.isnan()
-    if ignore_index is not None:
-        bad &= tensor != ignore_index
-    if bad.any():
-        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-        what = "targets" if name == "labels" else "probabilities (from_logits=False)"
-        raise ValueError(f"{owner}: `{name}` must be {what} in [0, 1]{allowed}; found {tensor[bad][0].item():g}.")
+    """Every entry in [0, 1] (or equal to ``ignore_index``): read on the CPU, queued on the device elsewhere
+    (:func:`~hf_losses.losses.inputs.check_in_range`, no sync)."""
+    allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    what = "targets" if name == "labels" else "probabilities (from_logits=False)"
+    message = f"{owner}: `{name}` must be {what} in [0, 1]{allowed}"
+    check_in_range(
+        tensor.detach(), 0, 1, math.nan if ignore_index is None else ignore_index, message, high_inclusive=True
+    )
 
 
 class SegmentationLoss(LogitsLoss):
@@ -86,6 +82,9 @@ class SegmentationLoss(LogitsLoss):
 
     item_unit = "sample"
     reference = ""
+    #: the options that make the labels float targets shaped like the logits (named in error messages; "" when
+    #: the loss has none)
+    float_targets_option: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -146,6 +145,7 @@ class SegmentationLoss(LogitsLoss):
     # ------------------------------------------------------------------------------------------ checks
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         owner = self._label()
+        self._check_label_dtype(labels)
         if self.label_kind != "index":
             check_logits_labels(owner, logits, labels, self.label_kind, self.ignore_index)
             if logits.dim() < 2:
@@ -169,6 +169,23 @@ class SegmentationLoss(LogitsLoss):
         if not self.from_logits:
             check_probability_range(owner, "logits", logits)
         self._check_class_options(logits.shape[1])
+
+    def _check_label_dtype(self, labels: Tensor) -> None:
+        """Integer labels where float targets are expected, or the reverse: say which option switches."""
+        if not isinstance(labels, Tensor) or not self.float_targets_option:
+            return
+        owner = self._label()
+        if self.label_kind != "index" and not labels.is_floating_point():
+            raise TypeError(
+                f"{owner}: `labels` must be float targets in [0, 1] shaped like the logits (with "
+                f"{self.float_targets_option}), got dtype {labels.dtype}; for integer class labels (N, d1, ...) leave "
+                f"those options out."
+            )
+        if self.label_kind == "index" and labels.is_floating_point():
+            raise TypeError(
+                f"{owner}: `labels` must hold integer class indices (N, d1, ...), got dtype {labels.dtype}; for float "
+                f"targets shaped like the logits set {self.float_targets_option}."
+            )
 
     def _check_class_options(self, num_classes: int) -> None:
         """``classes`` and ``class_weights`` fit the C channels of the logits (shapes only: no device sync)."""
@@ -230,7 +247,8 @@ class SegmentationLoss(LogitsLoss):
         """The classes the loss averages over, along dim 1: ``classes``, else all but the background when
         ``include_background`` is False (and ``C > 1``)."""
         if self.class_index is not None:
-            index = self.class_index.to(tensors[0].device)
+            # a no-op once the loss is on the device; else an asynchronous copy (no device sync)
+            index = self.class_index.to(tensors[0].device, non_blocking=True)
             return tuple(t.index_select(1, index) for t in tensors)
         if self.include_background or tensors[0].shape[1] == 1:
             return tensors
@@ -240,7 +258,8 @@ class SegmentationLoss(LogitsLoss):
         """``class_weights`` of the classes the loss averages over, on ``like``'s device and dtype."""
         if self.class_weights is None:
             return None
-        (weights,) = self._select_classes(self.class_weights.to(like).unsqueeze(0))
+        weights = self.class_weights.to(device=like.device, dtype=like.dtype, non_blocking=True)
+        (weights,) = self._select_classes(weights.unsqueeze(0))
         return weights.squeeze(0)
 
     def class_mean(self, losses: Tensor, present: Tensor | None = None) -> Tensor:
@@ -271,9 +290,11 @@ class SegmentationLoss(LogitsLoss):
 
     def extra_repr(self) -> str:
         options = [f"include_background={self.include_background}", f"per_image={self.per_image}"]
-        for name, default in (("multilabel", False), ("from_logits", True), ("classes", None)):
+        for name, default in (("multilabel", False), ("from_logits", True)):
             if getattr(self, name) != default:
                 options.append(f"{name}={getattr(self, name)!r}")
+        if self.classes is not None:
+            options.append(f"classes={list(self.classes)}")
         if self.class_weights is not None:
             options.append(f"class_weights={self.class_weights.tolist()}")
         return f"{', '.join(options)}, {super().extra_repr()}"

@@ -34,7 +34,7 @@ LOSS_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {
     },
 }
 #: losses for two classes only
-BINARY_CLASS_LOSSES = ("fn_penalty",)
+BINARY_CLASS_LOSSES = ("fn_penalty", "lovasz_hinge")
 #: tasks a loss is restricted to
 TASK_LIMITS: dict[str, tuple[str, ...]] = {
     # scores over a catalogue (N, num_items): 2-D logits only
@@ -42,7 +42,10 @@ TASK_LIMITS: dict[str, tuple[str, ...]] = {
     # works from hidden states and the LM head
     "causal_lm": ("causal_lm",),
     # segmentation losses measure overlap of label maps: refused on tasks without spatial labels
-    **{name: ("semantic_segmentation",) for name in ("dice", "generalized_dice", "tversky", "focal_tversky", "lovasz")},
+    **{
+        name: ("semantic_segmentation",)
+        for name in ("dice", "generalized_dice", "tversky", "focal_tversky", "lovasz", "mcc", "lovasz_hinge")
+    },
     # two classes (a vocabulary of 2 makes no language model)
     "fn_penalty": ("sequence_classification", "token_classification", "semantic_segmentation"),
 }

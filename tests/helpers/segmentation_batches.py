@@ -3,7 +3,7 @@
 import torch
 
 OVERLAP_LOSSES = ["dice", "generalized_dice", "tversky", "focal_tversky"]
-ALL_LOSSES = OVERLAP_LOSSES + ["lovasz"]
+ALL_LOSSES = OVERLAP_LOSSES + ["lovasz", "mcc"]
 
 
 def make_batch(n=3, c=4, spatial=(5, 6), seed=0, ignore_fraction=0.0, dtype=torch.float32, scale=2.0):

@@ -1,6 +1,8 @@
 """dice, generalized_dice, tversky, focal_tversky against hand-computed values, MONAI and the papers' formulas
 written out as plain loops; and what every segmentation loss (lovasz included) shares: registration, the two
-reductions, ignored pixels, half precision, input checks. Lovasz-specific tests: test_lovasz.py."""
+reductions, ignored pixels, half precision, input checks. Lovasz-specific tests: test_lovasz.py; mcc: test_mcc.py;
+the peer-parity options (multi-label, soft labels, probabilities, classes, class weights, per-image losses...):
+test_segmentation_options.py; MONAI's and smp's own test tables and formulas: test_segmentation_peers.py."""
 
 import math
 import warnings
