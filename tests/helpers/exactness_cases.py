@@ -53,8 +53,13 @@ TASK_LIMITS: dict[str, tuple[str, ...]] = {
 AUTO_CASES = [("auto", task) for task in INDEX_TASKS + BINARY_TASKS]
 
 
+#: losses that need a teacher model: their exactness is tested with one (test_distillation_exactness.py and
+#: test_distillation_multiprocess.py)
+TEACHER_LOSSES = ("distillation", "causal_lm_distillation")
+
+
 def decomposable_losses() -> list[str]:
-    return [name for name in list_losses() if describe_loss(name).decomposable]
+    return [name for name in list_losses() if describe_loss(name).decomposable and name not in TEACHER_LOSSES]
 
 
 def tasks_for(name: str) -> tuple[str, ...]:
