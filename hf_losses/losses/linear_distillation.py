@@ -128,7 +128,7 @@ class _Chunk(NamedTuple):
     """One chunk's rows (student's and teacher's, in their matmul dtypes), targets, data weights and positions."""
 
     rows: Tensor
-    teacher_rows: Tensor
+    teacher_rows: Tensor | None  # None when alpha = 0 (cross-entropy alone)
     target: Tensor
     row_weight: Tensor | None
     index: Tensor | None
@@ -174,7 +174,9 @@ class _ChunkPlan:
         self.smooth_scale = self.label_smoothing / vocab_size
         self.smooth_weight_sum = float(vocab_size) if self.class_weights is None else self.class_weights.sum()
         self.scale = torch.as_tensor(scale, dtype=self.acc_dtype, device=device)
-        self.step = options.chunk_size or default_chunk_size(max(self.num_valid, 1), hidden_size, vocab_size)
+        self.step = options.chunk_size or default_chunk_size(
+            max(self.num_valid, 1), hidden_size, vocab_size, device_type=device.type
+        )
 
     def chunk(self, start: int) -> _Chunk:
         """The chunk of predicted positions starting at ``start`` (among the valid ones)."""
@@ -192,7 +194,7 @@ class _ChunkPlan:
 
         return _Chunk(
             take(self.rows_all).to(self.matmul_dtype),
-            take(self.teacher_rows_all).to(self.teacher_matmul_dtype),
+            None if self.alpha == 0.0 else take(self.teacher_rows_all).to(self.teacher_matmul_dtype),
             take(self.flat_targets),
             take(self.row_weights),
             index,
@@ -232,8 +234,8 @@ def _log_softmax_(logits: Tensor) -> Tensor:
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """``(a * b).sum(1)`` without a ``chunk x V`` temporary."""
-    return torch.linalg.vecdot(a, b, dim=1)
+    """``(a * b).sum(1)`` without a ``chunk x V`` temporary (``linalg.vecdot`` makes one on CPU)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 def _divergence(beta: float, log_p: Tensor, log_q: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -359,7 +361,7 @@ def _add_chunk_grads(
         else:
             grad_hidden[start : start + plan.step] = rows_grad
     if grad_weight is not None:
-        _accumulate_weight_grad(grad_weight, grad, grad_mm, chunk.rows)
+        _accumulate_weight_grad(grad_weight, grad, grad_mm, chunk.rows, False)  # adds to the zeroed accumulator
     if grad_bias is not None:
         grad_bias += grad.sum(0)
 
