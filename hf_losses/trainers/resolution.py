@@ -150,6 +150,11 @@ def _parameters(name: str) -> dict[str, Any]:
     return {p.name: p for p in describe_loss(name).parameters}
 
 
+def _takes_list(parameter: Any) -> bool:
+    """Whether a loss parameter accepts a list of per-class values (its type as ``describe_loss`` prints it)."""
+    return "list" in str(getattr(parameter, "type", "list"))
+
+
 def fill_class_information(
     loss_type: str,
     loss_kwargs: Mapping[str, Any],
@@ -167,7 +172,8 @@ def fill_class_information(
         options = kwargs.setdefault(name, {}) if expression else kwargs
         parameters = _parameters(name)
         if class_weights is not None:
-            target = next((p for p in WEIGHT_PARAMETERS if p in parameters), None)
+            # the first weight parameter that takes a list: distillation's `alpha` is a mixing number, not weights
+            target = next((p for p in WEIGHT_PARAMETERS if p in parameters and _takes_list(parameters[p])), None)
             if target is not None:
                 if options.get(target) is not None:
                     raise ValueError(

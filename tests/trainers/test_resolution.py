@@ -31,6 +31,9 @@ def test_class_weights_go_to_the_loss_weight_parameter():
     assert fill_class_information("focal", {"gamma": 1.0}, [1.0, 2.0], None) == {"gamma": 1.0, "alpha": [1.0, 2.0]}
     assert fill_class_information("ldam", {}, None, [5, 3]) == {"samples_per_class": [5, 3]}
     assert fill_class_information("ldam", {"samples_per_class": [9, 9]}, None, [5, 3]) == {"samples_per_class": [9, 9]}
+    # a mixing number called alpha is not a weight parameter: causal_lm_distillation's weights are class_weights
+    assert fill_class_information("causal_lm_distillation", {}, [1.0, 2.0], None) == {"class_weights": [1.0, 2.0]}
+    assert fill_class_information("distillation", {}, [1.0, 2.0], None) == {"weight": [1.0, 2.0]}
     # every component with class weights gets them (dice: smp's class-weighted mean over classes)
     assert fill_class_information("0.5*cross_entropy+0.5*dice", {}, [1.0, 2.0], None) == {
         "cross_entropy": {"weight": [1.0, 2.0]},
