@@ -107,7 +107,7 @@ class InfoNCELoss(EmbeddingPairLoss):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        return total / max(count, 1), torch.tensor(count, device=queries.device)
+        return total / max(count, 1), count
 
     def extra_repr(self) -> str:
         return (
