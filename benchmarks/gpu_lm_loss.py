@@ -4,14 +4,20 @@ Exactness on the GPU, printed as relative errors (max |difference| / max |refere
   - float32: loss and gradients (hidden states, weight, bias) vs transformers' ForCausalLMLoss on full logits;
   - options (label smoothing, z-loss, soft-capping, class weights) vs their formula on full float32 logits;
   - bf16 parameters and float32 parameters under bf16 autocast vs the stock bf16 path and vs float32 truth;
-  - which float32 weight-gradient accumulation path this torch takes (``addmm(out_dtype=float32)`` or fallback).
+  - which float32 weight-gradient accumulation path this torch takes (``addmm(out_dtype=float32)`` or fallback);
+  - per-token weights (``token_weight``) vs the weighted formula on full float32 logits;
+  - the compiled elementwise part (``compile=True``, the CUDA default with Triton) vs the eager one;
+  - the peer backends (``backend="liger"`` / ``"cce"``, when installed) vs our kernel, for each option they take.
 Exits non-zero if a float32 check exceeds 1e-5 (2e-5 for the options) or a bf16 check exceeds 3e-2.
+
+    python benchmarks/gpu_lm_loss.py            # GPU_CHECK_DEVICE=cpu for a dry run of the script on the CPU
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +26,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_losses.losses import linear_cross_entropy as kernel  # noqa: E402
-from hf_losses.losses.language import CausalLMLoss  # noqa: E402
+from hf_losses.losses import linear_cross_entropy_backends as backends  # noqa: E402
+from hf_losses.losses.language import CausalLMLoss, shift_causal_labels  # noqa: E402
+from hf_losses.losses.linear_cross_entropy import linear_cross_entropy  # noqa: E402
 
 try:
     from transformers.loss.loss_utils import ForCausalLMLoss
@@ -129,12 +137,117 @@ def check_bf16() -> None:
     print(f"     weight-gradient accumulation: {path}")
 
 
+def weighted_reference(hidden, targets, weight, bias, token_weight, class_weights=None, **options):
+    """sum_i token_weight_i * (cross_entropy_i + z_loss lse_i^2) on full float32 logits."""
+    logits = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    softcap = options.pop("softcap", None)
+    z_loss = options.pop("z_loss", 0.0)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    per_token = F.cross_entropy(flat, flat_targets, weight=class_weights, reduction="none", **options)
+    z_part = torch.where(flat_targets != -100, z_loss * flat.logsumexp(-1).square(), 0.0)
+    return ((per_token + z_part) * token_weight.reshape(-1)).sum()
+
+
+EVERYTHING = dict(label_smoothing=0.1, z_loss=1e-3, softcap=30.0)
+
+
+def check_token_weights() -> None:
+    hidden, labels, weight, bias, tensors = inputs(2048, 512, 32000, seed=4)
+    targets = shift_causal_labels(labels)
+    generator = torch.Generator(device=DEVICE).manual_seed(5)
+    token_weight = torch.rand(targets.shape, device=DEVICE, generator=generator) * 2
+    class_weights = torch.rand(32000, device=DEVICE, generator=generator) + 0.5
+    ours = loss_and_grads(
+        linear_cross_entropy(
+            hidden, targets, weight, bias, token_weight=token_weight, class_weights=class_weights, **EVERYTHING
+        )[0],
+        tensors,
+    )
+    expected = loss_and_grads(
+        weighted_reference(hidden, targets, weight, bias, token_weight, class_weights, **EVERYTHING), tensors
+    )
+    names = ("loss", "d_hidden", "d_weight", "d_bias")
+    report(
+        "float32 token weights + options vs formula",
+        {n: relative(a, b) for n, a, b in zip(names, ours, expected)},
+        2e-5,
+    )
+
+
+def check_compile() -> None:
+    if DEVICE == "cpu" and not os.environ.get("GPU_CHECK_COMPILE"):
+        print("skip compiled vs eager on the CPU dry run (minutes of C++ compilation; GPU_CHECK_COMPILE=1 runs it)")
+        return
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        hidden, labels, weight, bias, tensors = inputs(4096, 1024, 32000, dtype=dtype, seed=6)
+        targets = shift_causal_labels(labels)
+        results = {}
+        for compiled in (False, True):
+            start = time.perf_counter()
+            value = linear_cross_entropy(hidden, targets, weight, bias, compile=compiled, **EVERYTHING)[0]
+            results[compiled] = loss_and_grads(value, tensors)
+            if compiled:
+                print(f"     first compiled call ({dtype}): {time.perf_counter() - start:.1f} s")
+        names = ("loss", "d_hidden", "d_weight", "d_bias")
+        errors = {n: relative(a, b) for n, a, b in zip(names, results[True], results[False])}
+        report(f"{str(dtype)[6:]} compiled vs eager (options)", errors, tolerance)
+        if not kernel._COMPILE_STATE["ok"]:
+            FAILURES.append("torch.compile failed: the eager kernel ran")
+            print("FAIL torch.compile failed (see the log): the eager kernel ran instead")
+
+
+def check_backends() -> None:
+    cases = {
+        "liger": [{}, {"z_loss": 1e-3}, {"label_smoothing": 0.1}, {"softcap": 30.0}, {"class_weights": True}],
+        "cce": [{}, {"softcap": 30.0}, {"token_weight": True}],
+    }
+    for name, option_sets in cases.items():
+        if not backends._installed(name):
+            print(f"skip {name}: not installed")
+            continue
+        for dtype, tolerance in ((torch.bfloat16, 3e-2), (torch.float32, 1e-5)):
+            if dtype not in backends.DTYPES[name]:
+                continue
+            for options in option_sets:
+                hidden, labels, weight, _, tensors = inputs(4096, 1024, 32000, dtype=dtype, seed=7, bias=False)
+                targets = shift_causal_labels(labels)
+                generator = torch.Generator(device=DEVICE).manual_seed(8)
+                resolved = dict(options)
+                if "class_weights" in resolved:
+                    resolved["class_weights"] = torch.rand(32000, device=DEVICE, generator=generator) + 0.5
+                if "token_weight" in resolved:
+                    resolved["token_weight"] = torch.rand(targets.shape, device=DEVICE, generator=generator)
+                ours = loss_and_grads(linear_cross_entropy(hidden, targets, weight, **resolved)[0], tensors)
+                try:
+                    theirs = linear_cross_entropy(hidden, targets, weight, backend=name, **resolved)
+                    peer = loss_and_grads(theirs[0], tensors)
+                except Exception as error:  # a peer failing is reported, not fatal to the table
+                    FAILURES.append(f"{name} {options}")
+                    print(f"FAIL {name} {options} {dtype}: {type(error).__name__}: {str(error)[:120]}")
+                    continue
+                ran = backends.choose_backend(name, hidden, weight, None, _options(resolved))
+                errors = {n: relative(a, b) for n, a, b in zip(("loss", "d_hidden", "d_weight"), peer, ours)}
+                label = ",".join(options) or "plain"
+                report(f"{name} vs ours {str(dtype)[6:]} {label} (ran: {ran})", errors, tolerance)
+
+
+def _options(resolved: dict):
+    values = dict(
+        class_weights=None, label_smoothing=0.0, z_loss=0.0, softcap=None, ignore_index=-100, chunk_size=None,
+        scale=1.0, token_weight=None, compile=None,
+    )  # fmt: skip
+    return kernel._Options(**{**values, **resolved})
+
+
 def main() -> None:
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     print(f"torch {torch.__version__}, device {name}")
-    check_float32()
-    check_options()
-    check_bf16()
+    for check in (check_float32, check_options, check_bf16, check_token_weights, check_compile, check_backends):
+        start = time.perf_counter()
+        check()
+        print(f"     ({check.__name__}: {time.perf_counter() - start:.1f} s)")
     if FAILURES:
         print(f"FAILED: {FAILURES}")
         sys.exit(1)

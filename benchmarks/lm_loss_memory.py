@@ -4,6 +4,8 @@ Methods (each gets hidden states ``(N*T, H)`` and an LM head ``(V, H)``, both re
   hf       transformers' ForCausalLMLoss on ``logits = hidden @ W.T`` (the stock path; logits upcast to float32)
   naive    a Python loop over token chunks with plain autograd (autograd keeps every chunk's logits for backward)
   ours     hf_losses ``causal_lm`` (gradients computed chunk by chunk in forward; logits never materialised)
+  ours@N   the same with N tokens per chunk
+  ours:X   its kernel called directly with X = eager / compile (``compile=False/True``), liger / cce (``backend=X``)
   liger    Liger-Kernel's LigerFusedLinearCrossEntropyLoss (``--device cuda``, if importable)
   cce      cut-cross-entropy's ``linear_cross_entropy`` (``--device cuda``, if importable)
 
@@ -12,8 +14,11 @@ CPU: every (method, case) runs in a fresh process; extra memory is the RSS high-
 torch's allocations). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation after the inputs, in one
 process. Time: the fastest of ``--repeats`` forward+backward calls after one warm-up (CPU: the memory run, and
 the fastest over ``--rounds`` processes run in alternating method order, since a shared machine's load drifts).
+On a loaded machine, ``--threads 1 --clock cpu`` times the process's own CPU time on one thread, which other
+processes barely change (wall time with OpenMP threads competing for cores does not measure the kernel).
 
     python benchmarks/lm_loss_memory.py                     # CPU, float32, the cases that fit --max-gib
+    python benchmarks/lm_loss_memory.py --cases 8192x32000,2048x128000 --threads 1 --clock cpu
     python benchmarks/lm_loss_memory.py --device cuda --dtype bfloat16
 """
 
@@ -77,6 +82,16 @@ def run_ours(hidden, labels, weight, chunk_size=None):
     return CausalLMLoss(chunk_size=chunk_size)(hidden, labels, weight=weight)
 
 
+def run_ours_variant(hidden, labels, weight, variant: str):
+    """Our kernel with one option changed, reduced as ``causal_lm`` reduces (sum / count of predicted tokens)."""
+    from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
+
+    targets = targets_of(labels)
+    scale = 1.0 / (targets != -100).sum().clamp(min=1)
+    options = {"compile": variant == "compile"} if variant in ("eager", "compile") else {"backend": variant}
+    return linear_cross_entropy(hidden, targets, weight, scale=scale, **options)[0]
+
+
 def run_liger(hidden, labels, weight):
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
@@ -101,6 +116,7 @@ def prepare(method: str) -> None:
         stock_causal_lm_loss()
     elif method.startswith("ours"):
         import hf_losses.losses.language  # noqa: F401
+        import hf_losses.losses.linear_cross_entropy_backends  # noqa: F401
 
 
 def make_inputs(tokens: int, vocab: int, device: str, dtype: torch.dtype):
@@ -114,10 +130,12 @@ def make_inputs(tokens: int, vocab: int, device: str, dtype: torch.dtype):
 
 
 def step(method: str, hidden, labels, weight) -> float:
-    """One forward+backward; ``ours@1024`` is ours with chunk_size=1024."""
+    """One forward+backward; ``ours@1024`` is ours with chunk_size=1024, ``ours:eager`` our kernel uncompiled."""
     hidden.grad = weight.grad = None
     if method.startswith("ours@"):
         loss = run_ours(hidden, labels, weight, chunk_size=int(method.split("@")[1]))
+    elif method.startswith("ours:"):
+        loss = run_ours_variant(hidden, labels, weight, method.split(":")[1])
     else:
         loss = METHODS[method](hidden, labels, weight)
     loss.backward()
@@ -129,20 +147,21 @@ def rss_high_water_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def cpu_worker(method: str, tokens: int, vocab: int, dtype_name: str, repeats: int) -> dict:
+def cpu_worker(method: str, tokens: int, vocab: int, dtype_name: str, repeats: int, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     prepare(method)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     hidden, labels, weight = make_inputs(tokens, vocab, "cpu", getattr(torch, dtype_name))
     baseline = rss_high_water_bytes()
-    start = time.perf_counter()
+    start = now()
     value = step(method, hidden, labels, weight)
-    first = time.perf_counter() - start
+    first = now() - start
     peak = rss_high_water_bytes() - baseline
     times = [first]
     for _ in range(repeats - 1):
-        start = time.perf_counter()
+        start = now()
         step(method, hidden, labels, weight)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return {
         "method": method,
         "tokens": tokens,
@@ -161,7 +180,7 @@ def run_cpu(cases, methods, args) -> list[dict]:
         logits_bytes = tokens * vocab * 4
         runnable = []
         for method in methods:
-            if method in ("liger", "cce"):  # GPU kernels (Triton)
+            if method in ("liger", "cce", "ours:liger", "ours:cce"):  # GPU kernels (Triton)
                 continue
             # hf / naive keep ~4 float32 copies of the logits alive at their peak
             if method in ("hf", "naive") and 4 * logits_bytes > args.max_gib * GIB:
@@ -196,8 +215,12 @@ def _cpu_case(method: str, tokens: int, vocab: int, args) -> dict:
         args.dtype,
         "--repeats",
         str(args.repeats),
+        "--clock",
+        args.clock,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    if args.threads:
+        env["BENCH_THREADS"] = str(args.threads)
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
     line = [row for row in completed.stdout.splitlines() if row.startswith("RESULT ")]
     if completed.returncode != 0 or not line:
@@ -283,7 +306,7 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
     print(f"\nforward+backward of the causal-LM loss, H={HIDDEN_SIZE}, device={device}, dtype={dtype}")
     print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)\n")
     header = (
-        f"| {'N*T':>5} | {'V':>6} | {'method':<9} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | "
+        f"| {'N*T':>5} | {'V':>6} | {'method':<11} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | "
         f"{'x hf':>5} | {'loss':>8} |"
     )
     print(header)
@@ -296,7 +319,7 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
         for method, row in rows.items():
             if "skipped" in row:
                 print(
-                    f"| {tokens:>5} | {vocab:>6} | {method:<9} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
+                    f"| {tokens:>5} | {vocab:>6} | {method:<11} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
                     f"{'-':>8} | {row['skipped']}"
                 )
                 continue
@@ -305,7 +328,7 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
                 memory_ratio = f"{row['extra_bytes'] / max(hf['extra_bytes'], 1):.3f}"
                 time_ratio = f"{row['seconds'] / hf['seconds']:.2f}"
             print(
-                f"| {tokens:>5} | {vocab:>6} | {method:<9} | {row['extra_bytes'] / 2**20:>9.0f} | "
+                f"| {tokens:>5} | {vocab:>6} | {method:<11} | {row['extra_bytes'] / 2**20:>9.0f} | "
                 f"{memory_ratio:>6} | "
                 f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |"
             )
@@ -321,6 +344,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="CPU: fresh processes per (method, case)")
     parser.add_argument("--max-gib", type=float, default=24.0, help="CPU: skip hf/naive cases that would need more")
     parser.add_argument("--timeout", type=float, default=900.0, help="CPU: seconds per case")
+    parser.add_argument("--threads", type=int, default=None, help="CPU: torch threads per worker (default: all)")
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "cpu"], help="CPU: time wall-clock or the process's CPU time"
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -329,7 +356,8 @@ def main() -> None:
     if args.worker:
         method, tokens, vocab = args.worker
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
-        print("RESULT " + json.dumps(cpu_worker(method, int(tokens), int(vocab), args.dtype, args.repeats)))
+        result = cpu_worker(method, int(tokens), int(vocab), args.dtype, args.repeats, args.clock)
+        print("RESULT " + json.dumps(result))
         return
     default_methods = "hf,naive,ours,liger,cce" if args.device == "cuda" else "hf,naive,ours"
     methods = (args.methods or default_methods).split(",")
@@ -339,6 +367,9 @@ def main() -> None:
         else [tuple(int(x) for x in case.lower().split("x")) for case in args.cases.split(",")]
     )
     results = run_cuda(cases, methods, args) if args.device == "cuda" else run_cpu(cases, methods, args)
+    if args.device == "cpu":
+        threads = args.threads or torch.get_num_threads()
+        print(f"\nCPU: {threads} thread(s) per worker, {args.clock} time, {args.rounds} rounds x {args.repeats} calls")
     print_table(results, args.device, args.dtype)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

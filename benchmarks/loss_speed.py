@@ -1,14 +1,15 @@
 """Forward+backward time of hf-losses against the reference implementations, ratio ours/theirs in one run.
 
-    python benchmarks/loss_speed.py [--repeats 20] [--device cpu|cuda] [--threads 1] [--losses focal ...]
+    python benchmarks/loss_speed.py [--repeats 20] [--devices cpu cuda] [--threads 1] [--losses focal ...]
 
-Pairs: dice / tversky vs MONAI DiceLoss / TverskyLoss, focal vs MONAI FocalLoss (softmax), sigmoid_focal vs
-torchvision.ops.sigmoid_focal_loss (its formula in plain PyTorch where torchvision is absent), cross_entropy
-vs F.cross_entropy. Shapes: 8x4x128x128 (segmentation: logits (N, C, H, W), labels (N, H, W)) and 4096x1000
-(classification). Each timing is the fastest of ``repeats`` forward+backward calls, ours and theirs
-interleaved so that load on a shared machine hits both alike. ``max abs diff`` compares the values where the
-two definitions coincide.
-A loss that is not available (e.g. the segmentation module is absent) is reported as such.
+Pairs (target: ratio <= 1.00 for each): cross_entropy vs F.cross_entropy; dice / tversky vs MONAI DiceLoss /
+TverskyLoss; focal vs torchvision's focal-loss formula in its softmax form (``ce * (1 - p_t)**gamma``, five lines
+of plain PyTorch) and vs MONAI FocalLoss (softmax); sigmoid_focal vs torchvision.ops.sigmoid_focal_loss (its formula
+in plain PyTorch where torchvision cannot load). Shapes: 8x4x128x128 (segmentation: logits (N, C, H, W), labels
+(N, H, W)) and 4096x1000 (classification). Each timing is the fastest of ``repeats`` forward+backward calls, ours
+and theirs interleaved so that load on a shared machine hits both alike (on CUDA, between synchronisations).
+``max abs diff`` compares the values where the two definitions coincide. A loss that is not available (e.g. the
+segmentation module is absent) is reported as such. ``--devices`` defaults to the CPU, and CUDA when there is one.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def plain_sigmoid_focal(inputs: Tensor, targets: Tensor, alpha: float = 0.25, ga
     return loss.mean()
 
 
+def plain_softmax_focal(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
+    """The focal loss as torchvision writes it (``ce * (1 - p_t) ** gamma``), with a softmax: ``p_t = exp(-ce)``."""
+    ce_loss = F.cross_entropy(logits, labels, reduction="none")
+    p_t = torch.exp(-ce_loss)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    return loss.mean()
+
+
 def build_cases(shape_name: str, device: torch.device) -> list[Case]:
     import monai.losses
 
@@ -88,11 +97,24 @@ def build_cases(shape_name: str, device: torch.device) -> list[Case]:
         )
     )
 
+    # focal vs torchvision's formula with a softmax: identical definitions (no alpha)
+    focal_plain = lambda logits: plain_softmax_focal(logits, labels)  # noqa: E731
+    focal_ours = ours("focal", labels, gamma=2.0)
+    cases.append(
+        Case(
+            "focal",
+            "plain torch (torchvision formula, softmax)",
+            shape_name,
+            focal_ours,
+            focal_plain,
+            lambda logits: (focal_ours(logits).item(), focal_plain(logits).item()),
+        )
+    )
+
     # focal vs MONAI FocalLoss(use_softmax): MONAI's "mean" divides by N*C*pixels, ours by the N*pixels items
     monai_focal = monai.losses.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True).to(device)
     monai_focal_sum = monai.losses.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True, reduction="none")
     focal_theirs = lambda logits: monai_focal(logits, labels_channel)  # noqa: E731
-    focal_ours = ours("focal", labels, gamma=2.0)
     cases.append(
         Case(
             "focal",
@@ -160,18 +182,20 @@ def time_pair(
 ) -> tuple[float, float]:
     """Fastest forward+backward seconds of each, interleaved, after two warm-up calls each.
 
-    The minimum, as ``timeit`` advises: on a shared machine the slower runs measure the other processes.
+    The minimum, as ``timeit`` advises: on a shared machine the slower runs measure the other processes. On the
+    CPU the clock is this process's CPU time (one thread by default), which other processes barely change.
     """
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
 
     def once(fn: Callable[[Tensor], Tensor]) -> float:
         x = logits.detach().requires_grad_(True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         fn(x).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
 
     for _ in range(2):
         once(our_fn), once(their_fn)
@@ -185,7 +209,9 @@ def time_pair(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu cuda"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -198,11 +224,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    for device_name in args.devices:
+        run_device(torch.device(device_name), args)
+
+
+def run_device(device: torch.device, args: argparse.Namespace) -> None:
+    """The table of one device."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; fastest of {args.repeats} forward+backward calls")
+    print(f"\ndevice: {name}; torch {torch.__version__}; fastest of {args.repeats} forward+backward calls")
     header = (
-        f"| {'loss':<14}| {'peer':<34}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} "
+        f"| {'loss':<14}| {'peer':<42}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} "
         f"| max abs diff |"
     )
     print(header)
@@ -215,7 +246,7 @@ def main() -> None:
                 continue
             if case.our_fn is None:
                 print(
-                    f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {'n/a':>8} | {'':>9} | {'':>5} | "
+                    f"| {case.ours:<14}| {case.theirs:<42}| {shape_name:<12}| {'n/a':>8} | {'':>9} | {'':>5} | "
                     f"{'not registered':<12} |"
                 )
                 continue
@@ -228,7 +259,7 @@ def main() -> None:
                 if case.note:
                     diff += f" ({case.note})"
             print(
-                f"| {case.ours:<14}| {case.theirs:<34}| {shape_name:<12}| {ours_s * 1e3:>8.2f} | "
+                f"| {case.ours:<14}| {case.theirs:<42}| {shape_name:<12}| {ours_s * 1e3:>8.2f} | "
                 f"{theirs_s * 1e3:>9.2f} | {ours_s / theirs_s:>5.2f} | {diff:<12} |"
             )
 

@@ -1,35 +1,63 @@
-"""Training steps per second: LossTrainer(loss_type="cross_entropy") vs the stock transformers Trainer, same tiny
-model, same data, same process, runs interleaved (the machine's load changes over time). Prints a table and the
-ratio (target >= 0.98). Not a timed test.
+"""Training steps per second: LossTrainer vs the stock transformers Trainer computing the same loss, same tiny model,
+same data, same process, runs interleaved (the machine's load changes over time). Not a timed test.
 
-    python benchmarks/trainer_throughput.py [--repeats 5] [--steps 60] [--accumulation 2]
+Scenarios (target: LossTrainer >= 0.98x the stock Trainer in each):
+  plain        stock Trainer (the model's own cross-entropy) vs LossTrainer(loss_type="cross_entropy")
+  ga4          the same with gradient accumulation over 4 micro-batches
+  composite    stock Trainer(compute_loss_func=hf_losses.compute_loss_func(EXPRESSION)) vs
+               LossTrainer(loss_type=EXPRESSION), logging every step (LossTrainer logs each component)
+
+Each repeat runs every (scenario, trainer) once, the two trainers of a scenario back to back in alternating order;
+the ratio is the median over repeats of the paired ratios (ours / stock of the same repeat), in wall time and in
+this process's CPU time (what a loaded machine distorts least). On CUDA (``--device cuda``) the model and batches
+are on the GPU.
+
+    python benchmarks/trainer_throughput.py [--repeats 5] [--steps 60] [--scenarios plain ga4 composite]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
-from hf_losses import LossTrainer, LossTrainingArguments  # noqa: E402
+from hf_losses import LossTrainer, LossTrainingArguments, compute_loss_func  # noqa: E402
+
+EXPRESSION = "0.5*cross_entropy+0.5*focal"
+SCENARIOS = {
+    # name: (gradient accumulation, log every step, stock loss (None: the model's own), LossTrainer loss_type)
+    "plain": (1, False, None, "cross_entropy"),
+    "ga4": (4, False, None, "cross_entropy"),
+    "composite": (1, True, EXPRESSION, EXPRESSION),
+}
 
 
 class StepTimer(TrainerCallback):
-    """Wall time and this process's CPU time of the optimizer steps after ``warmup`` steps (CPU time is what a
-    shared, loaded machine distorts least)."""
+    """Wall time and this process's CPU time of the optimizer steps after ``warmup`` steps."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available() and args.device.type == "cuda":
+            torch.cuda.synchronize()
         now = (time.perf_counter(), time.process_time())
         if state.global_step == self.warmup:
             self.start = now
@@ -48,9 +76,10 @@ def make_data(num_samples: int, length: int, vocab: int, classes: int) -> datase
 
 
 def steps_per_second(
-    trainer_class, loss_type: str | None, data, steps: int, warmup: int, batch: int, accumulation: int
-) -> tuple[float, float]:
-    """(steps per wall second, steps per CPU second)."""
+    scenario: str, ours: bool, data: datasets.Dataset, options: argparse.Namespace
+) -> tuple[float, float, list[str]]:
+    """(steps per wall second, steps per CPU second, logged keys) of one training run."""
+    accumulation, log_every_step, stock_loss, loss_type = SCENARIOS[scenario]
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=512,
@@ -62,30 +91,53 @@ def steps_per_second(
         num_labels=4,
     )
     model = BertForSequenceClassification(config)
-    timer = StepTimer(warmup)
+    timer = StepTimer(options.warmup)
+    logged: list[dict[str, Any]] = []
+
+    class Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs or {}))
+
     with tempfile.TemporaryDirectory() as directory:
-        common = dict(
+        common: dict[str, Any] = dict(
             output_dir=directory,
-            per_device_train_batch_size=batch,
+            per_device_train_batch_size=options.batch,
             gradient_accumulation_steps=accumulation,
-            max_steps=steps + warmup,
+            max_steps=options.steps + options.warmup,
             report_to=[],
             save_strategy="no",
-            logging_strategy="no",
-            use_cpu=True,
+            logging_strategy="steps" if log_every_step else "no",
+            logging_steps=1,
+            use_cpu=options.device == "cpu",
             disable_tqdm=True,
             seed=0,
             dataloader_num_workers=0,
         )
-        if loss_type is None:
-            from transformers import TrainingArguments
-
-            args = TrainingArguments(**common)
+        callbacks = [timer, Logs()]
+        if ours:
+            trainer = LossTrainer(
+                model=model,
+                args=LossTrainingArguments(loss_type=loss_type, **common),
+                train_dataset=data,
+                callbacks=callbacks,
+            )
         else:
-            args = LossTrainingArguments(loss_type=loss_type, **common)
-        trainer = trainer_class(model=model, args=args, train_dataset=data, callbacks=[timer])
-        trainer.train()
-    return (timer.steps / (timer.end[0] - timer.start[0]), timer.steps / (timer.end[1] - timer.start[1]))
+            loss_function = None if stock_loss is None else compute_loss_func(stock_loss)
+            trainer = Trainer(
+                model=model,
+                args=TrainingArguments(**common),
+                train_dataset=data,
+                callbacks=callbacks,
+                compute_loss_func=loss_function,
+            )
+        with contextlib.redirect_stdout(io.StringIO()):  # the printed logs cost the same for both; not shown
+            trainer.train()
+    keys = sorted({key for logs in logged for key in logs if key.startswith("loss")})
+    return (
+        timer.steps / (timer.end[0] - timer.start[0]),
+        timer.steps / (timer.end[1] - timer.start[1]),
+        keys,
+    )
 
 
 def main() -> None:
@@ -94,44 +146,50 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     data = make_data(4096, 32, 512, 4)
-    runs = {"stock Trainer (model's loss)": [], "LossTrainer cross_entropy": [], "LossTrainer auto": []}
-    for _ in range(options.repeats):  # interleaved, so load changes hit every trainer alike
-        runs["stock Trainer (model's loss)"].append(
-            steps_per_second(Trainer, None, data, options.steps, options.warmup, options.batch, options.accumulation)
-        )
-        runs["LossTrainer cross_entropy"].append(
-            steps_per_second(
-                LossTrainer, "cross_entropy", data, options.steps, options.warmup, options.batch, options.accumulation
-            )
-        )
-        runs["LossTrainer auto"].append(
-            steps_per_second(
-                LossTrainer, "auto", data, options.steps, options.warmup, options.batch, options.accumulation
-            )
-        )
-    stock = "stock Trainer (model's loss)"
+    runs: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    logged_keys: dict[str, list[str]] = {}
+    for repeat in range(options.repeats):  # interleaved, so load changes hit both trainers alike
+        for scenario in options.scenarios:
+            for ours in (False, True) if repeat % 2 == 0 else (True, False):
+                wall, cpu, keys = steps_per_second(scenario, ours, data, options)
+                runs.setdefault((scenario, ours), []).append((wall, cpu))
+                if ours:
+                    logged_keys[scenario] = keys
+    device = torch.cuda.get_device_name() if options.device == "cuda" else f"cpu, {options.threads} thread(s)"
     print(
-        f"BERT 2x64, batch {options.batch} x GA {options.accumulation}, {options.steps} timed steps, "
-        f"{options.repeats} interleaved repeats, {options.threads} thread(s), torch {torch.__version__}"
+        f"BERT 2x64, batch {options.batch}, {options.steps} timed steps after {options.warmup}, "
+        f"{options.repeats} interleaved repeats, {device}, torch {torch.__version__}"
     )
-    print(f"| {'trainer':<30} | {'steps/s (wall)':>14} | {'ratio':>6} | {'steps/s (CPU time)':>18} | {'ratio':>6} |")
-    print(f"|{'-' * 32}|{'-' * 16}|{'-' * 8}|{'-' * 20}|{'-' * 8}|")
-    medians = {name: [statistics.median(v[i] for v in values) for i in (0, 1)] for name, values in runs.items()}
-    for name, (wall, cpu) in medians.items():
-        print(
-            f"| {name:<30} | {wall:14.2f} | {wall / medians[stock][0]:6.3f} | {cpu:18.2f} | "
-            f"{cpu / medians[stock][1]:6.3f} |"
-        )
-    ours = medians["LossTrainer cross_entropy"]
     print(
-        f"ratio LossTrainer(cross_entropy) / stock Trainer: wall {ours[0] / medians[stock][0]:.3f}, "
-        f"CPU time {ours[1] / medians[stock][1]:.3f} (target >= 0.98)"
+        f"| {'scenario':<10} | {'trainer':<48} | {'steps/s wall':>12} | {'ratio':>6} | {'steps/s CPU':>11} | "
+        f"{'ratio':>6} |"
     )
+    print(f"|{'-' * 12}|{'-' * 50}|{'-' * 14}|{'-' * 8}|{'-' * 13}|{'-' * 8}|")
+    for scenario in options.scenarios:
+        accumulation, _, stock_loss, loss_type = SCENARIOS[scenario]
+        stock, ours = runs[(scenario, False)], runs[(scenario, True)]
+        stock_name = "stock Trainer, " + ("the model's loss" if stock_loss is None else "compute_loss_func")
+        for name, values, paired in (
+            (stock_name, stock, None),
+            (f"LossTrainer {loss_type}", ours, [(o[0] / s[0], o[1] / s[1]) for o, s in zip(ours, stock)]),
+        ):
+            wall = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            ratios = (1.0, 1.0) if paired is None else tuple(statistics.median(r[i] for r in paired) for i in (0, 1))
+            print(
+                f"| {scenario:<10} | {name + f' (GA {accumulation})':<48} | {wall:12.2f} | {ratios[0]:6.3f} | "
+                f"{cpu:11.2f} | {ratios[1]:6.3f} |"
+            )
+    for scenario, keys in logged_keys.items():
+        if SCENARIOS[scenario][1]:
+            print(f"{scenario}: LossTrainer logged {keys}")
+    print("target: ratio >= 0.98 (wall and CPU time)")
 
 
 if __name__ == "__main__":
