@@ -43,8 +43,12 @@ class LossCall:
     def loss_inputs(self, model: nn.Module, inputs: Mapping[str, Any], model_inputs: Mapping[str, Any]) -> dict:
         """Keyword inputs of the loss beyond the model's outputs and the labels: the batch's data weights
         (``sample_weight`` / ``token_weight`` columns); subclasses add theirs (a teacher's outputs)."""
-        weight = self.task.loss_weights(inputs) if isinstance(self, LogitsLossCall) else raw_data_weight(inputs)
+        weight = self.data_weight(inputs)
         return {} if weight is None else {"sample_weight": weight}
+
+    def data_weight(self, inputs: Mapping[str, Any]) -> Tensor | None:
+        """The batch's data weights as the loss takes them (hidden-state losses: as the collator gives them)."""
+        return raw_data_weight(inputs)
 
 
 class ModelLossCall(LossCall):
@@ -76,8 +80,12 @@ class ModelLossCall(LossCall):
 class LogitsLossCall(LossCall):
     """A loss on the logits the task reads from the model's outputs."""
 
+    def data_weight(self, inputs: Mapping[str, Any]) -> Tensor | None:
+        """Aligned with the labels the task hands the loss (flattened, shifted for a causal LM)."""
+        return self.task.loss_weights(inputs)
+
     def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        weight = self.task.loss_weights(batch)
+        weight = self.data_weight(batch)
         if weight is None:
             return dict(self.loss.num_items(self.task.loss_labels(batch)))
         return dict(self.loss.num_items(self.task.loss_labels(batch), sample_weight=weight))
@@ -94,7 +102,7 @@ class HiddenStatesLossCall(LossCall):
     """A loss on the final hidden states and the LM head; the full logits are never computed."""
 
     def num_items(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        weight = raw_data_weight(batch)
+        weight = self.data_weight(batch)
         extra = {} if weight is None else {"sample_weight": weight}
         return dict(self.loss.num_items(batch.get("labels"), shift_labels=batch.get("shift_labels"), **extra))
 
