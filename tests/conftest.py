@@ -39,3 +39,14 @@ def example():
     from example_runs import load_example
 
     return load_example
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Undo what a test leaves in ``os.environ``: ``TrainingArguments(bf16=True)`` sets ``ACCELERATE_MIXED_PRECISION``
+    (transformers 4.x), and every process a later test launches would inherit bf16 autocast."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -44,7 +44,12 @@ from hf_losses.distributed import sum_across_processes
 from hf_losses.trainers import loss_state
 from hf_losses.trainers.callbacks import ComponentAverager, LossStateCallback, weights_to_log
 from hf_losses.trainers.checkpoints import check_resume, last_complete_checkpoint
-from hf_losses.trainers.data_weights import WEIGHT_COLUMNS, DataWeightsCollator, raise_model_loss_weights
+from hf_losses.trainers.data_weights import (
+    WEIGHT_COLUMNS,
+    DataWeightsCollator,
+    raise_model_loss_weights,
+    weight_columns_of,
+)
 from hf_losses.trainers.loss_calls import LossCall, loss_call_for
 from hf_losses.trainers.model_card import LOSS_CONFIG_NAME, add_training_loss_section, write_loss_config
 from hf_losses.trainers.nonfinite import NonFiniteGuard, NonFiniteLossError, nonfinite_report
@@ -72,7 +77,9 @@ class LossTrainerMixin:
                 f"e.g. class {type(self).__name__}(LossTrainerMixin, Trainer)."
             )
         super().__init__(*args, **kwargs)
-        if not isinstance(self.data_collator, DataWeightsCollator):
+        if self._has_weight_columns() and not isinstance(self.data_collator, DataWeightsCollator):
+            # only where the data has weight columns: the stock collator stays untouched otherwise (with
+            # transformers 4.57 / accelerate 1.4 a wrapped collator changed 2-process batches)
             self.data_collator = DataWeightsCollator(self.data_collator)
         self._predicting = False
         self._components = ComponentAverager()
@@ -164,6 +171,12 @@ class LossTrainerMixin:
         if validate is not None:
             validate()
         self._setup_loss(self.model)
+
+    def _has_weight_columns(self) -> bool:
+        """Whether the training or evaluation data has ``sample_weight`` / ``token_weight`` columns."""
+        evaluation = self.eval_dataset
+        evaluation = list(evaluation.values()) if isinstance(evaluation, dict) else [evaluation]
+        return any(weight_columns_of(d) for d in [self.train_dataset, *evaluation] if d is not None)
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep the data-weight columns through ``remove_unused_columns`` (the model never sees them)."""
