@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.base import shift_causal_weights
 from hf_losses.losses.language import shift_causal_labels
 from hf_losses.suggestions import did_you_mean
 
@@ -229,11 +230,6 @@ def raw_data_weight(inputs: Mapping[str, Any]) -> Tensor | None:
     if sample is None:
         return token
     return token * sample.reshape((token.shape[0],) + (1,) * (token.dim() - 1)).to(token)
-
-
-def shift_causal_weights(weight: Tensor) -> Tensor:
-    """Per-token weights aligned with unshifted labels, shifted like :func:`shift_causal_labels` (0 at the end)."""
-    return torch.nn.functional.pad(weight[..., 1:], (0, 1), value=0.0)
 
 
 def _per_label_entry(weight: Tensor | None, labels: Tensor) -> Tensor | None:

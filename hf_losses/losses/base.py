@@ -296,9 +296,9 @@ class HiddenStatesLoss(LossBase):
     def data_weights(self, targets: Tensor, sample_weight: Tensor, shifted: bool) -> Tensor:
         """The data weight of each target, shaped like ``targets`` (per-token weights shifted with the labels)."""
         if shifted and sample_weight.dim() > 1 and sample_weight.shape[-1] == targets.shape[-1]:
-            sample_weight = torch.nn.functional.pad(sample_weight[..., 1:], (0, 1), value=0.0)
+            sample_weight = shift_causal_weights(sample_weight)
         expanded = expand_sample_weight(self._label(), sample_weight, targets)
-        return expanded.to(torch.float32).expand(targets.shape)
+        return (expanded if expanded.is_floating_point() else expanded.float()).expand(targets.shape)
 
     def forward(
         self,
@@ -444,6 +444,11 @@ def reduce_by_items(
     else:
         denominator = float(denominator) if float(denominator) > 0 else 1.0
     return total / denominator
+
+
+def shift_causal_weights(weight: Tensor) -> Tensor:
+    """Per-token weights aligned with unshifted causal-LM labels, shifted like the labels (0 at the last position)."""
+    return torch.nn.functional.pad(weight[..., 1:], (0, 1), value=0.0)
 
 
 def expand_sample_weight(owner: str, sample_weight: Tensor, items: Tensor) -> Tensor:

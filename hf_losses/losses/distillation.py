@@ -57,7 +57,6 @@ from hf_losses.losses.linear_distillation import DistillationOptions, linear_dis
 from hf_losses.registry import register_loss
 
 TeacherInput = Literal["logits", "hidden_states"]
-INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 SUMMARY = "alpha*T^2*D_beta(teacher, student) + (1-alpha)*CE(student, labels) at softmax(logits/T), per label"
 REFERENCE = (
@@ -258,11 +257,6 @@ class DistillationLoss(LogitsLoss):
         )
 
 
-def shift_token_weights(weights: Tensor) -> Tensor:
-    """Per-token weights aligned with unshifted labels, shifted like the labels (0 at the last position)."""
-    return F.pad(weights[..., 1:], (0, 1), value=0.0)
-
-
 @register_loss("causal_lm_distillation", aliases=("lm_distillation", "chunked_causal_lm_distillation"))
 class CausalLMDistillationLoss(HiddenStatesLoss):
     """Causal-LM distillation from both models' hidden states and LM heads, never materialising either's logits.
@@ -442,13 +436,7 @@ class CausalLMDistillationLoss(HiddenStatesLoss):
     def token_weights(self, sample_weight: Tensor | None, targets: Tensor, shifted: bool) -> Tensor | None:
         """Data weights per target position: ``(N,)`` repeated over each sequence, or per token (shifted with the
         labels when the loss shifted them); None without."""
-        if sample_weight is None:
-            return None
-        if isinstance(sample_weight, Tensor) and sample_weight.dtype in INTEGER_DTYPES:
-            sample_weight = sample_weight.float()
-        if shifted and isinstance(sample_weight, Tensor) and tuple(sample_weight.shape) == tuple(targets.shape):
-            sample_weight = shift_token_weights(sample_weight)
-        return expand_sample_weight(self._label(), sample_weight, targets).expand(targets.shape)
+        return None if sample_weight is None else self.data_weights(targets, sample_weight, shifted)
 
     def extra_repr(self) -> str:
         return (
