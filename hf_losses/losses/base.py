@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar, Literal, Union
 
 import torch
@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from hf_losses.compat import autocast_dtype
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.checks import check_choice, check_number, interval
-from hf_losses.losses.inputs import check_logits_labels, check_same_device, index_labels
+from hf_losses.losses.inputs import (
+    check_class_range,
+    check_logits_labels,
+    check_same_device,
+    index_labels,
+    values_are_free,
+)
 
 ItemUnit = Literal["label", "sample"]
 #: "mean": the contract's reduction (sum / item count); "sum": the sum of the per-item losses; "none": the
@@ -49,6 +55,9 @@ LabelKind = Literal["index", "binary", "target", "embedding"]
 #: label kinds whose labels are float tensors shaped like the first input
 FLOAT_LABEL_KINDS = ("binary", "target")
 NumItems = Union[int, float, Tensor, Mapping[str, Union[int, float, Tensor]], None]
+#: a call's own item count, or a function computing it: read only when ``num_items_in_batch`` is not given (a
+#: count costs a pass over the labels that the trainer's global count makes unnecessary)
+LocalCount = Union[Tensor, int, Callable[[], Union[Tensor, int]]]
 
 __all__ = [
     "IGNORE_INDEX",
@@ -212,15 +221,21 @@ class LossBase(nn.Module):
             local = self.item_weights(second).to(items)
             local = (local if weights is None else local * weights).sum()
         else:
-            local = next(iter(LossBase.num_items(self, second).values()))
+            local = lambda: next(iter(LossBase.num_items(self, second).values()))  # noqa: E731 (counted if needed)
         return reduce_by_items(total, local, num_items_in_batch, self.count_unit, self._label())
 
 
 class LogitsLoss(LossBase):
     """A loss on logits ``(N, C, d1, ...)`` (or predictions) and labels; subclasses implement :meth:`loss_sum`."""
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked."""
+    #: True when every path of :meth:`loss_sum` / :meth:`loss_items` indexes with the class labels through a kernel
+    #: that bounds-checks them on the CPU (``F.cross_entropy``, ``gather``, tensor indexing): the CPU then skips its
+    #: own pass over the labels, and a kernel's failure is re-checked into the usual ``ValueError``
+    kernel_checks_labels: ClassVar[bool] = False
+
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, LocalCount]:
+        """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked. The count
+        may be a function computing it, called only when ``num_items_in_batch`` is not given."""
         raise NotImplementedError
 
     def forward(
@@ -231,12 +246,35 @@ class LogitsLoss(LossBase):
         if self.label_kind == "index":
             labels = index_labels(labels)
         self.check_inputs(logits, labels)
-        return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
+        if not self._kernel_checks(labels):
+            return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
+        try:
+            return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
+        except (IndexError, RuntimeError):
+            # the kernel refused a label: name it as every other loss does (a failure with valid labels re-raises)
+            check_class_range(self._label(), labels, logits.shape[1], self.ignore_index)
+            raise
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         """Raise a clear error for malformed inputs before any kernel runs (integer labels of any dtype: the
         forward converts them to int64 first)."""
-        check_logits_labels(self._label(), logits, labels, self.label_kind, self.ignore_index)
+        check_logits_labels(
+            self._label(),
+            logits,
+            labels,
+            self.label_kind,
+            self.ignore_index,
+            check_range=not self._kernel_checks(labels),
+        )
+
+    def _kernel_checks(self, labels: Tensor) -> bool:
+        """Whether this call leaves the label range to the loss's kernels (class indices on the CPU)."""
+        return (
+            self.kernel_checks_labels
+            and isinstance(labels, Tensor)
+            and values_are_free(labels)
+            and not (labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex())
+        )
 
 
 #: the name third-party losses written against hf-losses 0.1 subclass; new code says :class:`LogitsLoss`
@@ -377,7 +415,7 @@ def select_num_items(num_items_in_batch: NumItems, item_unit: str, owner: str = 
     return num_items_in_batch
 
 
-def check_num_items(owner: str, count: NumItems, local_count: Tensor | int | None = None) -> NumItems:
+def check_num_items(owner: str, count: NumItems, local_count: LocalCount | None = None) -> NumItems:
     """A count of items: None, a number > 0, or a one-element numeric tensor.
 
     A tensor's value is read only on the CPU, where that costs no device synchronisation: it must be >= 0, and 0
@@ -418,15 +456,21 @@ def check_num_items(owner: str, count: NumItems, local_count: Tensor | int | Non
     return check_number(owner, "num_items_in_batch", count, minimum=0.0, strict=True)
 
 
-def _host_value(count: Tensor | int | None) -> float:
+def _host_value(count: LocalCount | None) -> float:
     """A count's value where reading it is free (a Python number, a CPU tensor); 0 where it is not."""
+    count = local_count_value(count)
     if isinstance(count, Tensor):
         return float(count) if count.device.type == "cpu" else 0.0
     return float(count or 0)
 
 
+def local_count_value(count: LocalCount | None) -> Tensor | int | None:
+    """A local count, computed now if it was given as a function."""
+    return count() if callable(count) else count
+
+
 def reduce_by_items(
-    total: Tensor, local_count: Tensor | int, num_items_in_batch: NumItems, item_unit: str, owner: str = "hf_losses"
+    total: Tensor, local_count: LocalCount, num_items_in_batch: NumItems, item_unit: str, owner: str = "hf_losses"
 ) -> Tensor:
     """``total / num_items_in_batch`` when given (global count), else ``total / local_count``; 0 for no items.
 
@@ -436,7 +480,7 @@ def reduce_by_items(
     total = total.to(compute_dtype(total))
     denominator = check_num_items(owner, select_num_items(num_items_in_batch, item_unit, owner), local_count)
     if denominator is None:
-        denominator = local_count
+        denominator = local_count_value(local_count)
     if isinstance(denominator, Tensor):
         # reshape: a (1,) count keeps the result a scalar; 0 (nothing counts: the total is 0 too) divides by 1
         denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype)

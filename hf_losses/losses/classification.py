@@ -9,14 +9,15 @@ cutmix, a teacher's distribution): then one item per row ``(n, d1, ...)``, since
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
+from hf_losses.losses.base import LocalCount, LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
 from hf_losses.losses.class_weights import effective_number_weights
 from hf_losses.losses.ignored import count_valid
@@ -127,6 +128,27 @@ def per_item_cross_entropy(
     )
 
 
+def summed_nll(
+    log_probs: Tensor, labels: Tensor, weight: Tensor | None, ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor]:
+    """``(sum_i -w[y_i] log p_i[y_i], sum_i w[y_i])`` over non-ignored labels, from one call of PyTorch's NLL kernel.
+
+    ``F.nll_loss`` computes both and returns only their ratio; aten's ``nll_loss_forward`` returns the pair, so the
+    item count (the total weight without class weights) costs no second pass over the labels. Inputs of any rank
+    are viewed as ``(N, C, 1, L)`` as ``F.nll_loss`` does.
+    """
+    reduction = _SUM
+    if log_probs.dim() <= 2:
+        return torch.ops.aten.nll_loss_forward(log_probs, labels, weight, reduction, ignore_index)
+    if log_probs.dim() != 4:
+        log_probs = log_probs.reshape(log_probs.shape[0], log_probs.shape[1], 1, -1)
+        labels = labels.reshape(labels.shape[0], 1, -1)
+    return torch.ops.aten.nll_loss2d_forward(log_probs, labels, weight, reduction, ignore_index)
+
+
+_SUM = torch.nn._reduction.get_enum("sum")
+
+
 @register_loss("cross_entropy", aliases=("ce", "weighted_cross_entropy"))
 class CrossEntropyLoss(ClassLabelsLoss):
     """Softmax cross-entropy with optional class weights and label smoothing, on class indices or probabilities.
@@ -142,6 +164,7 @@ class CrossEntropyLoss(ClassLabelsLoss):
     """
 
     summary = "Softmax cross-entropy with optional class weights and label smoothing (class indices or probabilities)."
+    kernel_checks_labels = True  # F.cross_entropy / nll_loss bound-check every label on the CPU
     reference = "PyTorch F.cross_entropy; label smoothing: Szegedy et al. 2016"
 
     def __init__(
@@ -160,7 +183,7 @@ class CrossEntropyLoss(ClassLabelsLoss):
         super().check_inputs(logits, labels)
         check_num_classes(self._label(), "weight", self.weight, logits.shape[1])
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, LocalCount]:
         # reduction="sum" is the sum of the unreduced w[y_i] * ce_i, in one fused kernel
         weight = None if self.weight is None else self.weight.to(logits)
         if labels.is_floating_point():
@@ -168,6 +191,10 @@ class CrossEntropyLoss(ClassLabelsLoss):
                 logits, labels.to(logits.dtype), weight=weight, label_smoothing=self.label_smoothing, reduction="sum"
             )
             return total, self.item_count(labels)
+        if self.label_smoothing == 0:
+            total, total_weight = summed_nll(F.log_softmax(logits, dim=1), labels, weight, self.ignore_index)
+            # without class weights the kernel's total weight is the count of non-ignored labels
+            return total, (total_weight if weight is None else lambda: self.item_count(labels))
         total = F.cross_entropy(
             logits,
             labels,
@@ -176,7 +203,7 @@ class CrossEntropyLoss(ClassLabelsLoss):
             label_smoothing=self.label_smoothing,
             reduction="sum",
         )
-        return total, count_valid(labels, self.ignore_index)
+        return total, lambda: self.item_count(labels)
 
     def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
         return per_item_cross_entropy(logits, labels, self.weight, self.label_smoothing, self.ignore_index)
@@ -209,6 +236,29 @@ def per_item_soft_focal(
     return terms.sum(dim=1)
 
 
+class FocalTerm(torch.autograd.Function):
+    """``(1 - p)^gamma * ce`` of per-item cross-entropies ``ce = -log p``, with its derivative as one expression:
+    autograd's chain (expm1, neg, clamp, pow, mul) saves and replays five elementwise passes each way."""
+
+    @staticmethod
+    def forward(ctx: Any, ce: Tensor, gamma: float) -> Tensor:
+        modulator = torch.expm1(-ce).neg_()  # 1 - p = -expm1(-ce), exact near p = 1
+        ctx.save_for_backward(ce, modulator)
+        ctx.gamma = gamma
+        return modulator.pow(gamma).mul_(ce)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        ce, modulator = ctx.saved_tensors
+        gamma = ctx.gamma
+        # d/dce [m^g ce] = m^(g-1) (m + g (1 - m) ce), m = 1 - p; m floored so that gamma < 1 stays finite at p = 1
+        inner = torch.rsub(modulator, 1.0).mul_(ce).mul_(gamma).add_(modulator)
+        if gamma != 2.0:
+            modulator = modulator.clamp(min=torch.finfo(modulator.dtype).tiny).pow_(gamma - 1.0)
+        return inner.mul_(modulator).mul_(grad), None
+
+
 def per_item_focal(
     logits: Tensor,
     labels: Tensor,
@@ -232,11 +282,7 @@ def per_item_focal(
         return torch.where(labels != ignore_index, losses, 0.0)
     # F.cross_entropy is one fused log_softmax + gather; it is already 0 at ignored entries.
     ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
-    losses = ce
-    if gamma != 0:
-        # 1 - p_y = -expm1(log p_y), exact near p_y = 1; floored so that gamma < 1 keeps a finite gradient.
-        modulator = (-torch.expm1(-ce)).clamp(min=torch.finfo(ce.dtype).tiny)
-        losses = modulator.pow(gamma) * ce
+    losses = ce if gamma == 0 else FocalTerm.apply(ce, float(gamma))
     if alpha is not None:
         losses = alpha.to(losses)[class_indices(labels, ignore_index)] * losses
     return losses
@@ -276,6 +322,7 @@ class FocalLoss(ClassLabelsLoss):
     """
 
     summary = "Softmax focal loss -alpha_y (1 - p_y)^gamma log p_y: focuses training on hard examples."
+    kernel_checks_labels = True  # F.cross_entropy, scatter_ and alpha[labels] bound-check every label on the CPU
     reference = "Lin et al. 2017, Focal Loss for Dense Object Detection (ICCV)"
 
     def __init__(
@@ -301,8 +348,8 @@ class FocalLoss(ClassLabelsLoss):
         alpha = expand_alpha(self.alpha, logits.shape[1])
         return per_item_focal(logits, labels, self.gamma, alpha, self.ignore_index, self.label_smoothing)
 
-    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
-        return self.loss_items(logits, labels).sum(), self.item_count(labels)
+    def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, LocalCount]:
+        return self.loss_items(logits, labels).sum(), lambda: self.item_count(labels)
 
     def item_weights(self, labels: Tensor) -> Tensor:
         if self.alpha is not None and self.alpha.dim() == 0 and not labels.is_floating_point():

@@ -9,14 +9,15 @@ from __future__ import annotations
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.inputs import value_bounds
 
 
 def may_contain(labels: Tensor, value: float) -> bool:
     """False when ``value`` provably does not occur in ``labels`` (one min/max pass, CPU only; no GPU sync)."""
     if labels.device.type != "cpu" or labels.numel() == 0:
         return labels.numel() > 0
-    low, high = labels.aminmax()
-    return bool(low <= value <= high)
+    low, high = value_bounds(labels)  # shared with the label-range check of the same call
+    return low <= value <= high
 
 
 def count_valid(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor | int:

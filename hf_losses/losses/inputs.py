@@ -11,6 +11,7 @@ exception before any device work, check the labels on the data side while they a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -40,8 +41,13 @@ def check_same_device(owner: str, tensors: Mapping[str, Tensor | None]) -> None:
             )
 
 
-def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: str, ignore_index: int) -> None:
-    """Shape, dtype and label-range checks shared by all losses; messages name the loss and what is allowed."""
+def check_logits_labels(
+    owner: str, logits: Tensor, labels: Tensor, label_kind: str, ignore_index: int, *, check_range: bool = True
+) -> None:
+    """Shape, dtype and label-range checks shared by all losses; messages name the loss and what is allowed.
+
+    ``check_range=False`` leaves the class-index range to the caller (a loss whose kernel bounds-checks every label
+    on the CPU, see :func:`check_class_range`)."""
     if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(
             f"{owner}: `logits` and `labels` must be torch.Tensor, got "
@@ -73,13 +79,8 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
                 f"over one class is 1, so the loss would be identically 0; for one binary output use 'bce' with "
                 f"float 0/1 labels, or give the model num_labels=2."
             )
-        check_in_range(
-            labels,
-            0,
-            num_classes,
-            ignore_index,
-            f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}",
-        )
+        if check_range:
+            check_class_range(owner, labels, num_classes, ignore_index)
     else:
         what = "float multi-label targets (0./1.)" if label_kind == "binary" else "float regression targets"
         if not labels.is_floating_point():
@@ -95,6 +96,17 @@ def check_logits_labels(owner: str, logits: Tensor, labels: Tensor, label_kind: 
             )
         if label_kind == "target":
             check_finite_targets(owner, labels, ignore_index)
+
+
+def check_class_range(owner: str, labels: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Class indices in ``[0, num_classes)`` or ``ignore_index`` (see :func:`check_in_range`)."""
+    check_in_range(
+        labels,
+        0,
+        num_classes,
+        ignore_index,
+        f"{owner}: `labels` must be in [0, {num_classes}) or ignore_index={ignore_index}",
+    )
 
 
 def check_finite_targets(owner: str, labels: Tensor, ignore_index: int) -> None:
@@ -154,7 +166,7 @@ def check_in_range(
     if values.numel() == 0 or values.device.type == "meta":
         return
     if values_are_free(values):
-        seen_low, seen_high = torch.stack(values.aminmax()).tolist()  # NaN fails both comparisons
+        seen_low, seen_high = value_bounds(values)  # NaN fails both comparisons
         if seen_low >= low and (seen_high <= high if high_inclusive else seen_high < high):
             return
         bad = _out_of_range(values, low, high, ignore_index, high_inclusive)
@@ -165,6 +177,26 @@ def check_in_range(
             )
         return
     assert_on_device(~_out_of_range(values, low, high, ignore_index, high_inclusive).any(), f"{message}.")
+
+
+#: the bounds last computed by :func:`value_bounds`: (the tensor, weakly; its version counter; (min, max))
+_last_bounds: tuple[weakref.ref, int, tuple[float, float]] | None = None
+
+
+def value_bounds(values: Tensor) -> tuple[float, float]:
+    """``(min, max)`` of a non-empty CPU tensor, in one pass; remembered for the tensor last asked about while it
+    is alive and unmodified (same object, same version counter, which views share with their base), so that the
+    label-range check and the ignore-index test of one call read the labels once."""
+    global _last_bounds
+    if values.is_inference():  # no version counter: nothing to remember it by
+        return tuple(torch.stack(values.aminmax()).tolist())
+    if _last_bounds is not None:
+        ref, version, bounds = _last_bounds
+        if ref() is values and values._version == version:
+            return bounds
+    bounds = tuple(torch.stack(values.aminmax()).tolist())
+    _last_bounds = (weakref.ref(values), values._version, bounds)
+    return bounds
 
 
 def _out_of_range(values: Tensor, low: float, high: float, ignore_index: float, high_inclusive: bool) -> Tensor:

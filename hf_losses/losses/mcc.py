@@ -14,13 +14,15 @@ from torch import Tensor
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import Normalize, Reduction
 from hf_losses.losses.checks import check_number
-from hf_losses.losses.segmentation import OverlapStatisticsLoss
+from hf_losses.losses.segmentation import OverlapStatisticsLoss, labelled
 from hf_losses.registry import register_loss
 
 DEFAULT_EPS = 1e-5
 
 
-def mcc_loss(tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+def mcc_loss(
+    tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor | float, eps: float = DEFAULT_EPS
+) -> Tensor:
     """``1 - MCC`` per entry, ``MCC = (TP TN - FP FN) / sqrt((TP + FP)(TP + FN)(TN + FP)(TN + FN))`` with ``eps``
     added to each soft count (Abhishek & Hamarneh 2021; smp's ``MCCLoss``): in [0, 2], 0 for a perfect prediction.
 
@@ -99,8 +101,8 @@ class MCCLoss(OverlapStatisticsLoss):
         )
         self.eps = eps
 
-    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor) -> Tensor:
-        return self.class_mean(mcc_loss(tp, pred_sum, target_sum, count, self.eps), present=count > 0)
+    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor | int) -> Tensor:
+        return self.class_mean(mcc_loss(tp, pred_sum, target_sum, count, self.eps), present=labelled(count, tp))
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:g}, {super().extra_repr()}"

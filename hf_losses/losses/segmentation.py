@@ -188,22 +188,23 @@ class OverlapStatisticsLoss(SegmentationLoss):
     squared_pred = False
     soft_label = False
 
-    def statistics(self, logits: Tensor, labels: Tensor) -> tuple[tuple[Tensor, ...], Tensor | int]:
+    def statistics(self, logits: Tensor, labels: Tensor) -> tuple[tuple[Tensor | int, ...], Tensor | int]:
         """``(TP, |P|, |G|, labelled entries)`` per image and selected class, each ``(N, C')``, and the image
-        count."""
+        count. With no entry ignored the labelled-entry count is the int ``P`` shared by every image and class."""
         logits, labels, valid = self._flatten(logits, labels)
         probs, targets, valid = self._probabilities_and_targets(logits, labels, valid)
         tp, pred_sum, target_sum = soft_statistics(probs, targets, self.squared_pred, self.soft_label)
         if valid is None:
-            count = torch.full_like(tp, probs.shape[2])
-        else:
-            count = valid.sum(2, dtype=tp.dtype).expand_as(tp)
+            return (*self._select_classes(tp, pred_sum, target_sum), probs.shape[2]), self._image_count(labels, valid)
+        count = valid.sum(2, dtype=tp.dtype).expand_as(tp)
         return self._select_classes(tp, pred_sum, target_sum, count), self._image_count(labels, valid)
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         statistics, image_count = self.statistics(logits, labels)
         if self.per_image:
             return self.row_losses(*statistics).sum(), image_count
+        tp = statistics[0]
+        statistics = tuple(s if isinstance(s, Tensor) else torch.full_like(tp, s) for s in statistics)
         batch = torch.stack([s.sum(0) for s in statistics])  # (4, C'): one collective for all four sums
         if self.across_processes:
             batch = all_reduce_sum_with_grad(batch)
@@ -214,9 +215,18 @@ class OverlapStatisticsLoss(SegmentationLoss):
         statistics, _ = self.statistics(logits, labels)
         return self.row_losses(*statistics)
 
-    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor) -> Tensor:
-        """Loss of each row ``(R,)`` from its per-class statistics ``(R, C')``; 0 for a row with no labelled entry."""
+    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor | int) -> Tensor:
+        """Loss of each row ``(R,)`` from its per-class statistics ``(R, C')``; 0 for a row with no labelled entry.
+        ``count`` is a tensor ``(R, C')``, or an int shared by every row and class (no entry ignored)."""
         raise NotImplementedError
+
+
+def labelled(count: Tensor | int, like: Tensor) -> Tensor | None:
+    """Which (row, class) statistics have a labelled entry; None when all do (an int count > 0: nothing ignored),
+    which spares the class mean its masking."""
+    if isinstance(count, Tensor):
+        return count > 0
+    return None if count > 0 else torch.zeros_like(like, dtype=torch.bool)
 
 
 class OverlapLoss(OverlapStatisticsLoss):
@@ -277,8 +287,8 @@ class OverlapLoss(OverlapStatisticsLoss):
         """Per-class losses ``(R, C')`` (losses averaged over classes)."""
         raise NotImplementedError
 
-    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor) -> Tensor:
-        return self.class_mean(self.class_losses(tp, pred_sum, target_sum), present=count > 0)
+    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor | int) -> Tensor:
+        return self.class_mean(self.class_losses(tp, pred_sum, target_sum), present=labelled(count, tp))
 
     def extra_repr(self) -> str:
         if self.smooth_nr == self.smooth_dr:
@@ -463,8 +473,8 @@ class GeneralizedDiceLoss(OverlapLoss):
         )
         self.w_type = check_choice(self._label(), "w_type", w_type, WEIGHT_TYPES)
 
-    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor) -> Tensor:
-        present = count > 0
+    def row_losses(self, tp: Tensor, pred_sum: Tensor, target_sum: Tensor, count: Tensor | int) -> Tensor:
+        present = labelled(count, tp)
         score = generalized_dice_score(
             tp,
             pred_sum,
@@ -475,7 +485,8 @@ class GeneralizedDiceLoss(OverlapLoss):
             self.smooth_dr,
             self._selected_class_weights(tp),
         )
-        return torch.where(present.any(-1), score_loss(score, self.log_loss), 0.0)
+        loss = score_loss(score, self.log_loss)
+        return loss if present is None else torch.where(present.any(-1), loss, 0.0)
 
     def extra_repr(self) -> str:
         return f"w_type={self.w_type!r}, {super().extra_repr()}"

@@ -213,8 +213,9 @@ class SegmentationLoss(LogitsLoss):
         when no entry can be ignored (decided on the CPU only; on an accelerator the mask is always computed)."""
         n, c = logits.shape[:2]
         pixels = math.prod(logits.shape[2:])  # not -1: an empty batch (N = 0) or image (P = 0) has no unique -1
+        maybe_ignored = may_contain(labels, self.ignore_index)  # before the reshape: the range check's min/max
         labels = labels.reshape((n, c, pixels) if self.label_kind != "index" else (n, pixels))
-        valid = self.valid_mask(labels) if may_contain(labels, self.ignore_index) else None
+        valid = self.valid_mask(labels) if maybe_ignored else None
         return logits.reshape(n, c, pixels), labels, valid
 
     def _probabilities_and_targets(
