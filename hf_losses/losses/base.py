@@ -483,8 +483,9 @@ def reduce_by_items(
         denominator = local_count_value(local_count)
     if isinstance(denominator, Tensor):
         # reshape: a (1,) count keeps the result a scalar; 0 (nothing counts: the total is 0 too) divides by 1
-        denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype)
-        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        if denominator.dim() or denominator.dtype != total.dtype or denominator.device != total.device:
+            denominator = denominator.reshape(()).to(device=total.device, dtype=total.dtype)
+        denominator = torch.where(denominator > 0, denominator, 1.0)
     else:
         denominator = float(denominator) if float(denominator) > 0 else 1.0
     return total / denominator

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from hf_losses.constants import IGNORE_INDEX
 from hf_losses.losses.base import LocalCount, LogitsLoss, Normalize, Reduction
@@ -248,14 +247,19 @@ class FocalTerm(torch.autograd.Function):
         return modulator.pow(gamma).mul_(ce)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         ce, modulator = ctx.saved_tensors
         gamma = ctx.gamma
+        tiny = torch.finfo(ce.dtype).tiny
+        if torch.is_grad_enabled():
+            # create_graph=True (a second derivative): the same expression out of place, from ce, for autograd
+            modulator = torch.expm1(-ce).neg()
+            power = modulator if gamma == 2.0 else modulator.clamp(min=tiny).pow(gamma - 1.0)
+            return ((1.0 - modulator) * ce * gamma + modulator) * power * grad, None
         # d/dce [m^g ce] = m^(g-1) (m + g (1 - m) ce), m = 1 - p; m floored so that gamma < 1 stays finite at p = 1
         inner = torch.rsub(modulator, 1.0).mul_(ce).mul_(gamma).add_(modulator)
         if gamma != 2.0:
-            modulator = modulator.clamp(min=torch.finfo(modulator.dtype).tiny).pow_(gamma - 1.0)
+            modulator = modulator.clamp(min=tiny).pow_(gamma - 1.0)
         return inner.mul_(modulator).mul_(grad), None
 
 

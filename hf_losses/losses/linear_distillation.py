@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from hf_losses.constants import IGNORE_INDEX
+from hf_losses.losses.inputs import values_are_free
 from hf_losses.losses.linear_cross_entropy import _accumulate_weight_grad, _matmul_dtype, default_chunk_size
 
 
@@ -159,10 +160,17 @@ class _ChunkPlan:
         self.teacher_rows_all = teacher_hidden.reshape(-1, teacher_weight.shape[1])
         self.flat_targets = targets.reshape(-1).to(device)
         self.row_weights = None if row_weights is None else row_weights.reshape(-1).to(device, self.acc_dtype)
-        self.valid = (self.flat_targets != options.ignore_index).nonzero().squeeze(1)
-        self.num_valid = self.valid.numel()
-        # ignored positions (prompts, padding, the last token) cost nothing: each chunk gathers predicted rows only
-        self.gather = self.num_valid < self.flat_targets.numel()
+        self.ignore_index = options.ignore_index
+        # On the CPU ignored positions (prompts, padding, the last token) cost nothing: each chunk gathers the
+        # predicted rows, whose positions are free to read there. On an accelerator reading them is a device->host
+        # sync: every row goes through the chunks, an ignored one with weight 0 (as linear_cross_entropy).
+        self.valid = None
+        self.num_valid = self.flat_targets.numel()
+        if values_are_free(self.flat_targets):
+            valid = (self.flat_targets != options.ignore_index).nonzero().squeeze(1)
+            if valid.numel() < self.num_valid:
+                self.valid, self.num_valid = valid, valid.numel()
+        self.gather = self.valid is not None
         self.weight_mm = weight.to(self.matmul_dtype)
         self.bias_mm = None if bias is None else bias.to(self.matmul_dtype)
         self.teacher_weight_mm = teacher_weight.to(self.teacher_matmul_dtype)
@@ -192,11 +200,21 @@ class _ChunkPlan:
             def take(tensor: Tensor | None) -> Tensor | None:
                 return None if tensor is None else tensor[start:stop]
 
+        rows, target, row_weight = take(self.rows_all), take(self.flat_targets), take(self.row_weights)
+        teacher_rows = None if self.alpha == 0.0 else take(self.teacher_rows_all)
+        if not self.gather and not values_are_free(target):
+            # every row goes through: an ignored one weighs 0, targets token 0, and its hidden states (H wide, not
+            # V) are zeroed so that a NaN there (a padded position) cannot reach a sum or a gradient through 0 * NaN
+            valid = target != self.ignore_index
+            row_weight = valid.to(self.acc_dtype) if row_weight is None else row_weight * valid
+            target = target.masked_fill(~valid, 0)
+            rows = rows.masked_fill(~valid[:, None], 0)
+            teacher_rows = None if teacher_rows is None else teacher_rows.masked_fill(~valid[:, None], 0)
         return _Chunk(
-            take(self.rows_all).to(self.matmul_dtype),
-            None if self.alpha == 0.0 else take(self.teacher_rows_all).to(self.teacher_matmul_dtype),
-            take(self.flat_targets),
-            take(self.row_weights),
+            rows.to(self.matmul_dtype),
+            None if teacher_rows is None else teacher_rows.to(self.teacher_matmul_dtype),
+            target,
+            row_weight,
             index,
         )
 
@@ -402,7 +420,7 @@ class _LinearDistillation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor, _grad_distillation: Tensor | None) -> tuple[Tensor | None, ...]:
         grads = []
-        unit = bool((grad_total == 1).all())  # one host sync per step, as linear_cross_entropy
+        unit = values_are_free(grad_total) and bool(grad_total == 1)  # read on the CPU only: no sync elsewhere
         for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes):
             if grad is None:
                 grads.append(None)

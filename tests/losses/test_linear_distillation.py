@@ -1,6 +1,11 @@
 """causal_lm_distillation (chunked, from hidden states) against the same formula on materialised logits (float64
 references), TRL's ChunkedDivergenceFunction, gradcheck, and a dispatch-level check that no ``tokens x vocabulary``
-tensor is ever created."""
+tensor is ever created.
+
+The kernel has two paths: the CPU gathers the predicted rows (their positions are free to read there); on an
+accelerator every row goes through with weight 0 when ignored, since reading the positions would be a device->host
+sync. The ``path`` fixture runs a test on both, patching where the kernel asks whether reading values is free.
+"""
 
 import itertools
 
@@ -10,8 +15,17 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_losses import get_loss
+from hf_losses.losses import linear_distillation as kernel
 from hf_losses.losses.distillation import CausalLMDistillationLoss, per_item_distillation
 from hf_losses.losses.linear_distillation import DistillationOptions, linear_distillation
+
+
+@pytest.fixture(params=["cpu path", "device path"])
+def path(request, monkeypatch):
+    """The kernel's CPU path (gathering the predicted rows) or its accelerator path (every row, ignored ones 0)."""
+    if request.param == "device path":
+        monkeypatch.setattr(kernel, "values_are_free", lambda tensor: False)
+    return request.param
 
 
 def make_inputs(n=2, t=9, hidden=8, teacher_hidden=12, vocab=37, bias=False, seed=0, dtype=torch.float64):
@@ -80,7 +94,7 @@ MATRIX = list(itertools.product([1.0, 2.0], [0.0, 0.5, 1.0], [0.0, 0.5, 1.0], [F
 
 
 @pytest.mark.parametrize(("temperature", "alpha", "beta", "bias", "chunk_size"), MATRIX)
-def test_equals_the_formula_on_materialised_logits(temperature, alpha, beta, bias, chunk_size):
+def test_equals_the_formula_on_materialised_logits(temperature, alpha, beta, bias, chunk_size, path):
     inputs, labels = make_inputs(bias=bias, seed=int(100 * temperature + 10 * alpha + 4 * beta + bias))
     options = {"temperature": temperature, "alpha": alpha, "beta": beta}
     loss = get_loss("causal_lm_distillation", chunk_size=chunk_size, **options)
@@ -98,7 +112,7 @@ def test_equals_the_formula_on_materialised_logits(temperature, alpha, beta, bia
 
 
 @pytest.mark.parametrize("per_token", [False, True])
-def test_class_weights_smoothing_and_sample_weights_inside_the_kernel(per_token):
+def test_class_weights_smoothing_and_sample_weights_inside_the_kernel(per_token, path):
     inputs, labels = make_inputs(bias=True, seed=3)
     class_weights = (torch.rand(37, generator=torch.Generator().manual_seed(4)) + 0.5).tolist()
     options = {"temperature": 2.0, "alpha": 0.4, "beta": 0.5, "label_smoothing": 0.1}
@@ -227,12 +241,32 @@ def test_divides_by_num_items_in_batch_as_the_trainer_gives_it():
         assert value.item() == pytest.approx(local.item() * 14 / 40, rel=1e-12)
 
 
-def test_all_ignored_gives_zero_and_zero_gradients():
+def test_all_ignored_gives_zero_and_zero_gradients(path):
     inputs, labels = make_inputs(seed=14)
     value, grads = value_and_grads(
         chunked(get_loss("causal_lm_distillation"), torch.full_like(labels, -100)), inputs, torch.float32
     )
     assert value.item() == 0.0 and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_nan_hidden_states_at_ignored_positions_reach_nothing(path):
+    """A padded position's hidden states can be NaN (attention saw nothing): ignored, they must not reach the value
+    or a gradient -- on the device path they go through the chunks with weight 0, so they are zeroed first."""
+    inputs, labels = make_inputs(seed=16, bias=True)
+    options = {"temperature": 2.0, "alpha": 0.5, "beta": 0.5}
+    reference, reference_grads = value_and_grads(
+        lambda x: full_logits_loss(x, labels, **options), inputs, torch.float64
+    )
+    inputs, labels = make_inputs(seed=16, bias=True)  # fresh tensors (the reference made those require grad)
+    # labels[0, :3] are ignored: the (shifted) targets of positions 0 and 1 of sequence 0
+    for key in ("hidden_states", "teacher_hidden_states"):
+        inputs[key][0, :2] = float("nan")
+    loss = get_loss("causal_lm_distillation", chunk_size=4, **options)
+    value, grads = value_and_grads(chunked(loss, labels), inputs, torch.float64)
+    assert relative_error(value, reference) < 1e-12
+    # the NaN rows' own gradient is 0 (ignored), every other entry as without the NaN
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert max(relative_error(g, r) for g, r in zip(grads[1:], reference_grads[1:])) < 1e-11
 
 
 def test_the_teacher_gets_no_gradient():

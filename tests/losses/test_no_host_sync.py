@@ -339,9 +339,8 @@ def prepare_step(name: str, loss: torch.nn.Module, with_count: bool, device: str
 
 
 #: losses known to synchronise, with the reason; each is an expected failure until it is fixed
-KNOWN_SYNCS = {
-    "causal_lm_distillation": "linear_distillation.py gathers the predicted rows with nonzero() on every device",
-}
+#: losses known to synchronise (none today); listed here they are expected failures until fixed
+KNOWN_SYNCS: dict[str, str] = {}
 
 
 def _cases() -> list[tuple[str, dict, bool]]:

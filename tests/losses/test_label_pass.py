@@ -1,0 +1,127 @@
+"""The CPU reads the labels once per call: what that must not change.
+
+cross_entropy and focal leave the label range to torch's bound-checked kernels on the CPU (re-checked into the usual
+``ValueError`` when a kernel fails); other losses share one remembered min/max between the range check and the
+ignore-index test (:func:`hf_losses.losses.inputs.value_bounds`); cross_entropy takes its item count from the NLL
+kernel's total weight; focal's modulation has a hand-written backward. Each is checked here against an independent
+reference (torch's own losses, autograd's chain of the same formula, gradcheck).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_losses import get_loss
+from hf_losses.losses.classification import FocalTerm, summed_nll
+from hf_losses.losses.inputs import value_bounds
+
+SHAPES = [(6, 3), (2, 3, 5), (2, 3, 4, 5), (2, 3, 2, 3, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class_weights"])
+def test_summed_nll_is_torchs_sum_and_total_weight(shape, weighted):
+    generator = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(shape, generator=generator, dtype=torch.float64).log_softmax(1)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=generator)
+    labels.view(-1)[::4] = -100
+    weight = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64) if weighted else None
+    total, total_weight = summed_nll(log_probs, labels, weight, -100)
+    assert torch.allclose(total, F.nll_loss(log_probs, labels, weight=weight, reduction="sum"), rtol=1e-12)
+    valid = labels != -100
+    expected_weight = valid.sum() if weight is None else weight[labels[valid]].sum()
+    assert float(total_weight) == pytest.approx(float(expected_weight), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cross_entropy_mean_without_num_items_is_torchs_mean_and_zero_when_all_ignored(shape):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=generator)
+    labels.view(-1)[1::3] = -100
+    loss = get_loss("cross_entropy")
+    ours = loss(logits, labels)
+    (grad,) = torch.autograd.grad(ours, logits)
+    theirs = F.cross_entropy(logits, labels)
+    (their_grad,) = torch.autograd.grad(theirs, logits)
+    assert torch.allclose(ours, theirs, rtol=1e-12) and torch.allclose(grad, their_grad, rtol=1e-12, atol=1e-15)
+    ignored = torch.full_like(labels, -100)
+    value = loss(logits, ignored)
+    (zero_grad,) = torch.autograd.grad(value, logits)
+    assert value.item() == 0.0 and torch.equal(zero_grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice", "tversky", "class_balanced"])
+@pytest.mark.parametrize("bad", [3, 7, -1, -5])
+def test_a_label_out_of_range_is_a_value_error_naming_it(name, bad):
+    kwargs = {"samples_per_class": [5, 3, 2]} if name == "class_balanced" else {}
+    loss = get_loss(name, **kwargs)
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[1, 2, 3] = bad
+    with pytest.raises(ValueError, match=rf"`labels` must be in \[0, 3\) or ignore_index=-100; found {bad}\."):
+        loss(logits, labels)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice"])
+def test_labels_changed_in_place_between_calls_are_checked_again(name):
+    """The remembered min/max belongs to one unmodified tensor: an in-place change (or a view's) invalidates it."""
+    loss = get_loss(name)
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    loss(logits, labels)
+    labels[0].view(-1)[5] = 9  # through a view: views share the base's version counter
+    with pytest.raises(ValueError, match="found 9"):
+        loss(logits, labels)
+
+
+def test_value_bounds_follow_the_tensor_not_its_address():
+    first = torch.tensor([0, 1, 2])
+    assert value_bounds(first) == (0, 2)
+    first.add_(5)
+    assert value_bounds(first) == (5, 7)
+    del first
+    second = torch.tensor([-3, 4, 1])  # may reuse the freed object's address
+    assert value_bounds(second) == (-3, 4)
+    with torch.inference_mode():
+        inference = torch.tensor([2, 8])
+        assert value_bounds(inference) == (2, 8)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 3.5])
+def test_focal_term_matches_autograds_chain_and_gradcheck(gamma):
+    generator = torch.Generator().manual_seed(2)
+    # ce from 0 (p = 1, where gamma < 1 needs the floor) to large
+    ce = torch.cat([torch.zeros(2), torch.rand(30, generator=generator) * 6, torch.tensor([1e-9, 30.0])])
+    ce = ce.double().requires_grad_()
+    ours = FocalTerm.apply(ce, gamma)
+    tiny = torch.finfo(torch.float64).tiny
+    reference = (-torch.expm1(-ce)).clamp(min=tiny).pow(gamma) * ce  # the formula autograd differentiated before
+    weights = torch.rand(ce.shape, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), ce)
+    (ref_grad,) = torch.autograd.grad((reference * weights).sum(), ce)
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=0)
+    assert torch.all(torch.isfinite(grad)) and torch.allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    inside = (torch.rand(8, generator=generator, dtype=torch.float64) * 4 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: FocalTerm.apply(x, gamma), (inside,))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 3.0])
+def test_focal_second_derivative_is_autograds(gamma):
+    """A gradient penalty differentiates the gradient: the hand-written backward must stay differentiable."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+
+    def penalty(value: torch.Tensor) -> torch.Tensor:
+        (grad,) = torch.autograd.grad(value, logits, create_graph=True)
+        (second,) = torch.autograd.grad(grad.pow(2).sum(), logits)
+        return second
+
+    ours = penalty(get_loss("focal", gamma=gamma)(logits, labels))
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    tiny = torch.finfo(torch.float64).tiny
+    reference = penalty(((-torch.expm1(-ce)).clamp(min=tiny).pow(gamma) * ce).mean())
+    assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-12)
