@@ -304,10 +304,15 @@ def print_progress(row: dict) -> None:
 
 def print_table(results: list[dict], device: str, dtype: str) -> None:
     print(f"\nforward+backward of the causal-LM loss, H={HIDDEN_SIZE}, device={device}, dtype={dtype}")
-    print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)\n")
+    print("extra memory = peak minus after allocating inputs; ratios are relative to 'hf' (materialised logits)")
+    print(
+        "beyond grads = extra memory minus the gradients every method returns (the head's V x H and the hidden "
+        "states' N*T x H, in the inputs' dtype): what the loss itself costs\n"
+    )
+    element_size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
     header = (
-        f"| {'N*T':>5} | {'V':>6} | {'method':<11} | {'extra MiB':>9} | {'x hf':>6} | {'time s':>7} | "
-        f"{'x hf':>5} | {'loss':>8} |"
+        f"| {'N*T':>5} | {'V':>6} | {'method':<11} | {'extra MiB':>9} | {'x hf':>6} | {'beyond grads MiB':>16} | "
+        f"{'x hf':>6} | {'time s':>7} | {'x hf':>5} | {'loss':>8} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
@@ -316,20 +321,23 @@ def print_table(results: list[dict], device: str, dtype: str) -> None:
         by_case.setdefault((row["tokens"], row["vocab"]), {})[row["method"]] = row
     for (tokens, vocab), rows in by_case.items():
         hf = rows.get("hf")
+        grad_bytes = (vocab + tokens) * HIDDEN_SIZE * element_size
         for method, row in rows.items():
             if "skipped" in row:
                 print(
-                    f"| {tokens:>5} | {vocab:>6} | {method:<11} | {'-':>9} | {'-':>6} | {'-':>7} | {'-':>5} | "
-                    f"{'-':>8} | {row['skipped']}"
+                    f"| {tokens:>5} | {vocab:>6} | {method:<11} | {'-':>9} | {'-':>6} | {'-':>16} | {'-':>6} | "
+                    f"{'-':>7} | {'-':>5} | {'-':>8} | {row['skipped']}"
                 )
                 continue
-            memory_ratio = time_ratio = "-"
+            beyond = max(row["extra_bytes"] - grad_bytes, 0)
+            memory_ratio = beyond_ratio = time_ratio = "-"
             if hf is not None and "skipped" not in hf:
                 memory_ratio = f"{row['extra_bytes'] / max(hf['extra_bytes'], 1):.3f}"
+                beyond_ratio = f"{beyond / max(hf['extra_bytes'] - grad_bytes, 1):.3f}"
                 time_ratio = f"{row['seconds'] / hf['seconds']:.2f}"
             print(
                 f"| {tokens:>5} | {vocab:>6} | {method:<11} | {row['extra_bytes'] / 2**20:>9.0f} | "
-                f"{memory_ratio:>6} | "
+                f"{memory_ratio:>6} | {beyond / 2**20:>16.0f} | {beyond_ratio:>6} | "
                 f"{row['seconds']:>7.3f} | {time_ratio:>5} | {row['loss']:>8.4f} |"
             )
 

@@ -481,6 +481,8 @@ def reduce_by_items(
     denominator = check_num_items(owner, select_num_items(num_items_in_batch, item_unit, owner), local_count)
     if denominator is None:
         denominator = local_count_value(local_count)
+    if isinstance(denominator, Tensor) and values_are_free(denominator):
+        denominator = float(denominator)  # free on the CPU, and one division instead of a cast, a test and a where
     if isinstance(denominator, Tensor):
         # reshape: a (1,) count keeps the result a scalar; 0 (nothing counts: the total is 0 too) divides by 1
         if denominator.dim() or denominator.dtype != total.dtype or denominator.device != total.device:

@@ -16,6 +16,7 @@ loss for its NaN filter, so no extra wait is added. Every process reaches the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,21 +37,34 @@ class NonFiniteGuard:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.flags: list[Tensor] = []
+        # a device tensor per micro-batch, or a bool where reading the loss is free (the CPU)
+        self.flags: list[Tensor | bool] = []
         self.losses: list[Tensor] = []
         self.window_inputs: list[Mapping[str, Any]] = []
         self.skipped_steps = 0
         self.skip_pending = False
 
     def observe(self, loss: Tensor, inputs: Mapping[str, Any]) -> None:
-        """Keep the micro-batch's non-finite flag (a device tensor) and its inputs (already held by the Trainer)."""
-        self.flags.append((~torch.isfinite(loss.detach())).any().reshape(1))
-        self.losses.append(loss.detach())
+        """Keep the micro-batch's non-finite flag (a device tensor; on the CPU, where reading it is free, a bool)
+        and its inputs (already held by the Trainer)."""
+        loss = loss.detach()
+        if loss.device.type == "cpu" and loss.numel() == 1:
+            self.flags.append(not math.isfinite(float(loss)))
+        else:
+            self.flags.append((~torch.isfinite(loss)).any().reshape(1))
+        self.losses.append(loss)
         self.window_inputs.append(inputs)
 
     def window_is_nonfinite(self, world_size: int) -> bool:
         """Whether any micro-batch of the window, on any process, had a non-finite loss (one host read)."""
-        count = torch.cat(self.flags).sum().to(torch.int64).reshape(1)
+        on_device = [flag for flag in self.flags if isinstance(flag, Tensor)]
+        local = sum(flag for flag in self.flags if not isinstance(flag, Tensor))
+        if not on_device and world_size == 1:
+            return local > 0
+        device = on_device[0].device if on_device else torch.device("cpu")
+        count = torch.tensor([local], dtype=torch.int64, device=device)
+        if on_device:
+            count = count + torch.cat(on_device).sum().to(torch.int64).reshape(1)
         if world_size > 1:
             count = sum_across_processes(count)
         return bool(count.item())
@@ -58,7 +72,7 @@ class NonFiniteGuard:
     def first_nonfinite_index(self) -> int:
         """The first local micro-batch with a non-finite loss (0 when this process had none)."""
         for index, flag in enumerate(self.flags):
-            if bool(flag.item()):
+            if bool(flag.item() if isinstance(flag, Tensor) else flag):
                 return index
         return 0
 

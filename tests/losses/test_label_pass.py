@@ -53,16 +53,29 @@ def test_cross_entropy_mean_without_num_items_is_torchs_mean_and_zero_when_all_i
     assert value.item() == 0.0 and torch.equal(zero_grad, torch.zeros_like(logits))
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice", "tversky", "class_balanced"])
+LOSSES_CHECKING_LABELS = [
+    ("cross_entropy", {}),
+    ("cross_entropy", {"weight": [1.0, 2.0, 0.5], "label_smoothing": 0.1}),
+    ("focal", {}),
+    ("focal", {"alpha": [0.2, 0.3, 0.5], "label_smoothing": 0.1}),
+    ("focal", {"alpha": 0.25, "reduction": "none"}),
+    ("dice", {}),
+    ("tversky", {}),
+    ("class_balanced", {"samples_per_class": [5, 3, 2]}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), LOSSES_CHECKING_LABELS, ids=lambda v: str(v) if v else "defaults")
 @pytest.mark.parametrize("bad", [3, 7, -1, -5])
-def test_a_label_out_of_range_is_a_value_error_naming_it(name, bad):
-    kwargs = {"samples_per_class": [5, 3, 2]} if name == "class_balanced" else {}
+def test_a_label_out_of_range_is_a_value_error_naming_it(name, kwargs, bad):
     loss = get_loss(name, **kwargs)
     logits = torch.randn(2, 3, 4, 4)
     labels = torch.randint(0, 3, (2, 4, 4))
     labels[1, 2, 3] = bad
     with pytest.raises(ValueError, match=rf"`labels` must be in \[0, 3\) or ignore_index=-100; found {bad}\."):
         loss(logits, labels)
+    with pytest.raises(ValueError, match=rf"found {bad}\."):  # data weights take the per-item path
+        loss(logits, labels, sample_weight=torch.ones(2))
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice"])
