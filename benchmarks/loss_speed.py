@@ -15,6 +15,7 @@ segmentation module is absent) is reported as such. ``--devices`` defaults to th
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def time_pair(
     repeats: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    """Fastest forward+backward seconds of each, interleaved, after two warm-up calls each.
+    """Fastest forward+backward seconds of each, interleaved in alternating order, after two warm-up calls each.
 
     The minimum, as ``timeit`` advises: on a shared machine the slower runs measure the other processes. On the
     CPU the clock is this process's CPU time (one thread by default), which other processes barely change.
@@ -200,10 +201,29 @@ def time_pair(
     for _ in range(2):
         once(our_fn), once(their_fn)
     ours, theirs = [], []
-    for _ in range(repeats):
-        ours.append(once(our_fn))
-        theirs.append(once(their_fn))
+    for index in range(repeats):
+        # alternating which goes first: the first call after the other's frees pays for fresh pages
+        if index % 2 == 0:
+            ours.append(once(our_fn))
+            theirs.append(once(their_fn))
+        else:
+            theirs.append(once(their_fn))
+            ours.append(once(our_fn))
     return min(ours), min(theirs)
+
+
+def time_rounds(
+    our_fn: Callable[[Tensor], Tensor],
+    their_fn: Callable[[Tensor], Tensor],
+    logits: Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """:func:`time_pair` ``--rounds`` times: the fastest times, and the median of the rounds' ratios (one round's
+    ratio of two equal functions strays by a few percent on a shared CPU; the median of five by about one)."""
+    rounds = [time_pair(our_fn, their_fn, logits, args.repeats, device) for _ in range(args.rounds)]
+    ratio = statistics.median(ours / theirs for ours, theirs in rounds)
+    return min(r[0] for r in rounds), min(r[1] for r in rounds), ratio
 
 
 def main() -> None:
@@ -219,6 +239,8 @@ def main() -> None:
         help="torch.set_num_threads on CPU (default 1: on a shared machine, more threads than free "
         "cores makes OpenMP timings meaningless)",
     )
+    parser.add_argument("--rounds", type=int, default=5, help="ratio = median over this many interleaved rounds")
+    parser.add_argument("--no-control", dest="control", action="store_false", help="skip the A/A control rows")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(ALL_SHAPES))
     parser.add_argument("--losses", nargs="+", default=None, help="only these of our losses")
     args = parser.parse_args()
@@ -231,7 +253,10 @@ def main() -> None:
 def run_device(device: torch.device, args: argparse.Namespace) -> None:
     """The table of one device."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"\ndevice: {name}; torch {torch.__version__}; fastest of {args.repeats} forward+backward calls")
+    print(
+        f"\ndevice: {name}; torch {torch.__version__}; times: fastest of {args.rounds} x {args.repeats} forward+backward "
+        f"calls; ratio: median over {args.rounds} rounds of ours / theirs"
+    )
     header = (
         f"| {'loss':<14}| {'peer':<42}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} "
         f"| max abs diff |"
@@ -250,7 +275,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> None:
                     f"{'not registered':<12} |"
                 )
                 continue
-            ours_s, theirs_s = time_pair(case.our_fn, case.their_fn, logits, args.repeats, device)
+            ours_s, theirs_s, ratio = time_rounds(case.our_fn, case.their_fn, logits, args, device)
             diff = ""
             if case.compare is not None:
                 with torch.no_grad():
@@ -260,7 +285,16 @@ def run_device(device: torch.device, args: argparse.Namespace) -> None:
                     diff += f" ({case.note})"
             print(
                 f"| {case.ours:<14}| {case.theirs:<42}| {shape_name:<12}| {ours_s * 1e3:>8.2f} | "
-                f"{theirs_s * 1e3:>9.2f} | {ours_s / theirs_s:>5.2f} | {diff:<12} |"
+                f"{theirs_s * 1e3:>9.2f} | {ratio:>5.2f} | {diff:<12} |"
+            )
+        if args.control and device.type == "cpu":
+            # A/A: F.cross_entropy against itself -- how far from 1.00 the harness reads two equal functions
+            labels = torch.randint(0, logits.shape[1], (logits.shape[0],) + logits.shape[2:], generator=generator)
+            same = lambda x: F.cross_entropy(x, labels)  # noqa: E731
+            ours_s, theirs_s, ratio = time_rounds(same, same, logits, args, device)
+            print(
+                f"| {'(control)':<14}| {'F.cross_entropy vs itself: noise floor':<42}| {shape_name:<12}| "
+                f"{ours_s * 1e3:>8.2f} | {theirs_s * 1e3:>9.2f} | {ratio:>5.2f} | {'':<12} |"
             )
 
 
