@@ -254,8 +254,8 @@ def run_device(device: torch.device, args: argparse.Namespace) -> None:
     """The table of one device."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(
-        f"\ndevice: {name}; torch {torch.__version__}; times: fastest of {args.rounds} x {args.repeats} forward+backward "
-        f"calls; ratio: median over {args.rounds} rounds of ours / theirs"
+        f"\ndevice: {name}; torch {torch.__version__}; times: fastest of {args.rounds} x {args.repeats} "
+        f"forward+backward calls; ratio: median over {args.rounds} rounds of ours / theirs"
     )
     header = (
         f"| {'loss':<14}| {'peer':<42}| {'input':<12}| {'ours ms':>8} | {'theirs ms':>9} | {'ratio':>5} "
@@ -290,7 +290,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> None:
         if args.control and device.type == "cpu":
             # A/A: F.cross_entropy against itself -- how far from 1.00 the harness reads two equal functions
             labels = torch.randint(0, logits.shape[1], (logits.shape[0],) + logits.shape[2:], generator=generator)
-            same = lambda x: F.cross_entropy(x, labels)  # noqa: E731
+            same = lambda x, labels=labels: F.cross_entropy(x, labels)  # noqa: E731
             ours_s, theirs_s, ratio = time_rounds(same, same, logits, args, device)
             print(
                 f"| {'(control)':<14}| {'F.cross_entropy vs itself: noise floor':<42}| {shape_name:<12}| "

@@ -12,7 +12,7 @@ the ratio is the median over repeats of the paired ratios (ours / stock of the s
 this process's CPU time (what a loaded machine distorts least). On CUDA (``--device cuda``) the model and batches
 are on the GPU.
 
-    python benchmarks/trainer_throughput.py [--repeats 5] [--steps 60] [--scenarios plain ga4 composite]
+    python benchmarks/trainer_throughput.py [--repeats 7] [--steps 200] [--scenarios plain ga4 composite]
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def steps_per_second(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)

@@ -7,6 +7,10 @@ message, checked on the device in stream order (a bad label stops the run at the
 device-side assert that prints the message, as ``F.cross_entropy`` does with its own assert). For a Python
 exception before any device work, check the labels on the data side while they are still on the CPU
 (:func:`check_in_range` takes CPU labels).
+
+The CPU reads the labels once per call: the range check's min/max is remembered for the ignore-index test
+(:func:`value_bounds`), and losses whose kernels bound-check every label themselves (``F.cross_entropy``,
+``scatter_``, indexing; ``LogitsLoss.kernel_checks_labels``) skip the pass and re-check only when a kernel fails.
 """
 
 from __future__ import annotations
