@@ -35,6 +35,7 @@ from hf_losses.losses.inputs import (
     check_logits_labels,
     check_same_device,
     index_labels,
+    label_pass,
     values_are_free,
 )
 
@@ -245,15 +246,17 @@ class LogitsLoss(LossBase):
         per-item losses, e.g. per token or pixel) multiplies each item's loss."""
         if self.label_kind == "index":
             labels = index_labels(labels)
-        self.check_inputs(logits, labels)
-        if not self._kernel_checks(labels):
-            return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
-        try:
-            return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
-        except (IndexError, RuntimeError):
-            # the kernel refused a label: name it as every other loss does (a failure with valid labels re-raises)
-            check_class_range(self._label(), labels, logits.shape[1], self.ignore_index)
-            raise
+        with label_pass():  # the labels' min/max, where needed, is read once for the whole call
+            self.check_inputs(logits, labels)
+            if not self._kernel_checks(labels):
+                return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
+            try:
+                return self._reduce_in_float32(logits, labels, num_items_in_batch, sample_weight)
+            except (IndexError, RuntimeError):
+                # the kernel refused a label: name it as every other loss does (a failure with valid labels
+                # re-raises)
+                check_class_range(self._label(), labels, logits.shape[1], self.ignore_index)
+                raise
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         """Raise a clear error for malformed inputs before any kernel runs (integer labels of any dtype: the

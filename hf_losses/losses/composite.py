@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from hf_losses.losses.base import LogitsLoss, NumItems, labels_compatible, select_num_items
 from hf_losses.losses.checks import check_number
-from hf_losses.losses.inputs import index_labels
+from hf_losses.losses.inputs import index_labels, label_pass
 from hf_losses.losses.weighting import ComponentWeighting, Weighting, item_fraction
 from hf_losses.registry import get_loss, register_loss, resolve_name
 
@@ -154,16 +154,17 @@ class CompositeLoss(LogitsLoss):
         self._check_count_per_unit(num_items_in_batch)
         values: dict[str, Tensor] = {}
         fractions: dict[str, Tensor | float] = {}
-        for name, loss in self.losses.items():
-            count = _component_count(name, loss, num_items_in_batch)
-            weights = {} if sample_weight is None else {"sample_weight": sample_weight}
-            extra = dict(loss_inputs) if _needs_teacher(loss) else {}
-            values[name] = loss(logits, labels, num_items_in_batch=count, **weights, **extra)
-            # the share of the step's items in this call scales the once-per-step parts of learned weightings
-            fractions[name] = 1.0
-            if loss.decomposable:
-                local = loss.num_items(labels, **weights).get(loss.count_unit)
-                fractions[name] = item_fraction(local, select_num_items(count, loss.count_unit, self._label()))
+        with label_pass():  # the components share one read of the labels' min/max
+            for name, loss in self.losses.items():
+                count = _component_count(name, loss, num_items_in_batch)
+                weights = {} if sample_weight is None else {"sample_weight": sample_weight}
+                extra = dict(loss_inputs) if _needs_teacher(loss) else {}
+                values[name] = loss(logits, labels, num_items_in_batch=count, **weights, **extra)
+                # the share of the step's items in this call scales the once-per-step parts of learned weightings
+                fractions[name] = 1.0
+                if loss.decomposable:
+                    local = loss.num_items(labels, **weights).get(loss.count_unit)
+                    fractions[name] = item_fraction(local, select_num_items(count, loss.count_unit, self._label()))
         self.last_components = {name: value.detach() for name, value in values.items()}
         return self.weighting.combine(values, fractions)
 

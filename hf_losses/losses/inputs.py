@@ -15,6 +15,7 @@ The CPU reads the labels once per call: the range check's min/max is remembered 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping
 
@@ -183,23 +184,44 @@ def check_in_range(
     assert_on_device(~_out_of_range(values, low, high, ignore_index, high_inclusive).any(), f"{message}.")
 
 
-#: the bounds last computed by :func:`value_bounds`: (the tensor, weakly; its version counter; (min, max))
-_last_bounds: tuple[weakref.ref, int, tuple[float, float]] | None = None
+class _LabelPass(threading.local):
+    """Per thread: how deep in loss calls we are, and the bounds last computed there (the tensor, weakly; its
+    version counter; (min, max))."""
+
+    depth = 0
+    last: tuple[weakref.ref, int, tuple[float, float]] | None = None
+
+
+_label_pass = _LabelPass()
+
+
+class label_pass:  # noqa: N801 (used as a context manager, like torch.no_grad)
+    """The span of one loss call, inside which :func:`value_bounds` remembers the labels' min/max: a range check and
+    an ignore-index test of the same call then read the labels once. Nothing is remembered across calls, where
+    the labels could have been rewritten behind torch's back (a numpy array shared with a tensor keeps the
+    tensor's version counter unchanged)."""
+
+    def __enter__(self) -> None:
+        _label_pass.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _label_pass.depth -= 1
+        if _label_pass.depth == 0:
+            _label_pass.last = None
 
 
 def value_bounds(values: Tensor) -> tuple[float, float]:
-    """``(min, max)`` of a non-empty CPU tensor, in one pass; remembered for the tensor last asked about while it
-    is alive and unmodified (same object, same version counter, which views share with their base), so that the
-    label-range check and the ignore-index test of one call read the labels once."""
-    global _last_bounds
-    if values.is_inference():  # no version counter: nothing to remember it by
-        return tuple(torch.stack(values.aminmax()).tolist())
-    if _last_bounds is not None:
-        ref, version, bounds = _last_bounds
+    """``(min, max)`` of a non-empty CPU tensor, in one pass; inside a :class:`label_pass`, remembered for the
+    tensor last asked about while it is alive and unmodified (same object, same version counter, which views
+    share with their base)."""
+    remember = _label_pass.depth > 0 and not values.is_inference()  # inference tensors have no version counter
+    if remember and _label_pass.last is not None:
+        ref, version, bounds = _label_pass.last
         if ref() is values and values._version == version:
             return bounds
     bounds = tuple(torch.stack(values.aminmax()).tolist())
-    _last_bounds = (weakref.ref(values), values._version, bounds)
+    if remember:
+        _label_pass.last = (weakref.ref(values), values._version, bounds)
     return bounds
 
 

@@ -9,13 +9,14 @@ reference (torch's own losses, autograd's chain of the same formula, gradcheck).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hf_losses import get_loss
 from hf_losses.losses.classification import FocalTerm, summed_nll
-from hf_losses.losses.inputs import value_bounds
+from hf_losses.losses.inputs import label_pass, value_bounds
 
 SHAPES = [(6, 3), (2, 3, 5), (2, 3, 4, 5), (2, 3, 2, 3, 2)]
 
@@ -91,16 +92,30 @@ def test_labels_changed_in_place_between_calls_are_checked_again(name):
 
 
 def test_value_bounds_follow_the_tensor_not_its_address():
-    first = torch.tensor([0, 1, 2])
-    assert value_bounds(first) == (0, 2)
-    first.add_(5)
-    assert value_bounds(first) == (5, 7)
-    del first
-    second = torch.tensor([-3, 4, 1])  # may reuse the freed object's address
-    assert value_bounds(second) == (-3, 4)
-    with torch.inference_mode():
-        inference = torch.tensor([2, 8])
-        assert value_bounds(inference) == (2, 8)
+    with label_pass():
+        first = torch.tensor([0, 1, 2])
+        assert value_bounds(first) == (0, 2)
+        first.add_(5)
+        assert value_bounds(first) == (5, 7)
+        del first
+        second = torch.tensor([-3, 4, 1])  # may reuse the freed object's address
+        assert value_bounds(second) == (-3, 4)
+        with torch.inference_mode():
+            inference = torch.tensor([2, 8])
+            assert value_bounds(inference) == (2, 8)
+
+
+@pytest.mark.parametrize("name", ["dice", "tversky", "cross_entropy"])
+def test_labels_rewritten_through_numpy_between_calls_are_checked_again(name):
+    """numpy writes leave the tensor's version counter as it was: nothing may be remembered across calls."""
+    loss = get_loss(name)
+    logits = torch.randn(2, 3, 4, 4)
+    buffer = np.zeros((2, 4, 4), dtype=np.int64)
+    labels = torch.from_numpy(buffer)
+    loss(logits, labels)
+    buffer[1, 2, 3] = 8
+    with pytest.raises(ValueError, match="found 8"):
+        loss(logits, labels)
 
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 3.5])
