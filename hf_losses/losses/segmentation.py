@@ -187,17 +187,18 @@ class OverlapStatisticsLoss(SegmentationLoss):
 
     squared_pred = False
     soft_label = False
+    one_hot_checks_labels = True
 
     def statistics(self, logits: Tensor, labels: Tensor) -> tuple[tuple[Tensor | int, ...], Tensor | int]:
         """``(TP, |P|, |G|, labelled entries)`` per image and selected class, each ``(N, C')``, and the image
         count. With no entry ignored the labelled-entry count is the int ``P`` shared by every image and class."""
-        logits, labels, valid = self._flatten(logits, labels)
-        probs, targets, valid = self._probabilities_and_targets(logits, labels, valid)
+        probs, targets, valid = self._statistics_inputs(logits, labels)
         tp, pred_sum, target_sum = soft_statistics(probs, targets, self.squared_pred, self.soft_label)
+        images = self._image_count(probs, valid)  # probs (N, C, P): the shape of the labelled entries
         if valid is None:
-            return (*self._select_classes(tp, pred_sum, target_sum), probs.shape[2]), self._image_count(labels, valid)
+            return (*self._select_classes(tp, pred_sum, target_sum), probs.shape[2]), images
         count = valid.sum(2, dtype=tp.dtype).expand_as(tp)
-        return self._select_classes(tp, pred_sum, target_sum, count), self._image_count(labels, valid)
+        return self._select_classes(tp, pred_sum, target_sum, count), images
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | int]:
         statistics, image_count = self.statistics(logits, labels)

@@ -25,7 +25,7 @@ from torch import Tensor
 from hf_losses.losses.base import LogitsLoss, Normalize, Reduction
 from hf_losses.losses.checks import as_vector, check_bool
 from hf_losses.losses.ignored import may_contain
-from hf_losses.losses.inputs import check_in_range, check_logits_labels
+from hf_losses.losses.inputs import check_class_range, check_in_range, check_logits_labels, values_are_free
 
 
 def class_probabilities(logits: Tensor, multilabel: bool = False, from_logits: bool = True) -> Tensor:
@@ -85,6 +85,11 @@ class SegmentationLoss(LogitsLoss):
     #: the options that make the labels float targets shaped like the logits (named in error messages; "" when
     #: the loss has none)
     float_targets_option: ClassVar[str] = ""
+    #: True for losses whose statistics come from :meth:`_statistics_inputs`: on the CPU the one-hot's scatter
+    #: proves the labels, with no min/max pass (see there)
+    one_hot_checks_labels: ClassVar[bool] = False
+    #: set once the one-hot has refused an ignored label: this loss's data has them, so it masks from then on
+    _seen_ignored: bool = False
 
     def __init__(
         self,
@@ -165,7 +170,14 @@ class SegmentationLoss(LogitsLoss):
                     )
                 check_logits_labels(owner, logits.expand(-1, 2, *logits.shape[2:]), labels, "index", self.ignore_index)
             else:
-                check_logits_labels(owner, logits, labels, self.label_kind, self.ignore_index)
+                check_logits_labels(
+                    owner,
+                    logits,
+                    labels,
+                    self.label_kind,
+                    self.ignore_index,
+                    check_range=not self._one_hot_checks(logits, labels),
+                )
         if not self.from_logits:
             check_probability_range(owner, "logits", logits)
         self._check_class_options(logits.shape[1])
@@ -207,30 +219,70 @@ class SegmentationLoss(LogitsLoss):
                 f"C={num_classes} classes; give one weight per class (the background included)."
             )
 
+    def _one_hot_checks(self, logits: Tensor, labels: Tensor) -> bool:
+        """Whether this call builds the one-hot from the raw labels and lets ``scatter_`` prove them (see
+        :meth:`_statistics_inputs`): a loss that opts in (``one_hot_checks_labels``), integer labels on the CPU
+        (where scatter bound-checks), ``C > 1``, an ``ignore_index`` scatter refuses (outside ``[0, C)``), and no
+        ignored label seen by this loss yet."""
+        num_classes = logits.shape[1] if logits.dim() >= 2 else 0
+        return (
+            self.one_hot_checks_labels
+            and not self._seen_ignored
+            and self.label_kind == "index"
+            and values_are_free(labels)
+            and num_classes > 1
+            and not 0 <= self.ignore_index < num_classes
+        )
+
     # ------------------------------------------------------------------------------------------ computing
-    def _flatten(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _flatten(
+        self, logits: Tensor, labels: Tensor, assume_labelled: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(N, C, P)`` logits, labels ``(N, P)`` (or ``(N, C, P)`` float targets) and the valid-entry mask, None
-        when no entry can be ignored (decided on the CPU only; on an accelerator the mask is always computed)."""
+        when no entry can be ignored (decided on the CPU only; on an accelerator the mask is always computed;
+        ``assume_labelled``: None, for the caller to prove)."""
         n, c = logits.shape[:2]
         pixels = math.prod(logits.shape[2:])  # not -1: an empty batch (N = 0) or image (P = 0) has no unique -1
-        maybe_ignored = may_contain(labels, self.ignore_index)  # before the reshape: the range check's min/max
+        # before the reshape: the range check's min/max
+        maybe_ignored = not assume_labelled and may_contain(labels, self.ignore_index)
         labels = labels.reshape((n, c, pixels) if self.label_kind != "index" else (n, pixels))
         valid = self.valid_mask(labels) if maybe_ignored else None
         return logits.reshape(n, c, pixels), labels, valid
+
+    def _statistics_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Probabilities, targets and valid mask (:meth:`_probabilities_and_targets`) of ``(N, C, d1, ...)`` inputs.
+
+        On the CPU, without an ignored label seen so far, the one-hot is built from the raw labels first: its
+        ``scatter_`` refuses any label outside ``[0, C)``, which proves that every label is a class and none is
+        ignored, without the min/max pass over the labels. When it refuses, the labels are checked (a
+        ``ValueError`` naming a label out of range) and masked, and this loss masks from then on (its data has
+        ignored labels: no second refusal per batch)."""
+        optimistic = self._one_hot_checks(logits, labels)
+        flat_logits, flat_labels, valid = self._flatten(logits, labels, assume_labelled=optimistic)
+        if not optimistic:
+            return self._probabilities_and_targets(flat_logits, flat_labels, valid)
+        try:
+            return self._probabilities_and_targets(flat_logits, flat_labels, None)
+        except (IndexError, RuntimeError):
+            check_class_range(self._label(), labels, logits.shape[1], self.ignore_index)
+            self._seen_ignored = True
+            return self._probabilities_and_targets(flat_logits, flat_labels, self.valid_mask(flat_labels))
 
     def _probabilities_and_targets(
         self, logits: Tensor, labels: Tensor, valid: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Probabilities and float targets ``(N, C, P)``, both 0 at ignored entries, and the valid mask broadcast
         to them (``(N, 1, P)`` or ``(N, C, P)``; None when nothing is ignored)."""
-        probs = class_probabilities(logits, self.multilabel, self.from_logits)
         if self.label_kind != "index":
+            probs = class_probabilities(logits, self.multilabel, self.from_logits)
             targets = labels if valid is None else labels.masked_fill(~valid, 0.0)
             if valid is not None:
                 probs = probs * valid.to(probs.dtype)
             return probs, targets.to(probs.dtype), valid
         safe_labels = labels if valid is None else labels.masked_fill(~valid, 0)
-        targets = one_hot_targets(safe_labels, logits.shape[1], probs.dtype)
+        # the one-hot first: when its scatter refuses a label (see _statistics_inputs) no softmax is wasted
+        targets = one_hot_targets(safe_labels, logits.shape[1], logits.dtype)
+        probs = class_probabilities(logits, self.multilabel, self.from_logits)
         if valid is None:
             return probs, targets, None
         valid = valid.unsqueeze(1)

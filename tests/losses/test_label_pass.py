@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_losses import get_loss
 from hf_losses.losses.classification import FocalTerm, summed_nll
@@ -153,3 +154,74 @@ def test_focal_second_derivative_is_autograds(gamma):
     tiny = torch.finfo(torch.float64).tiny
     reference = penalty(((-torch.expm1(-ce)).clamp(min=tiny).pow(gamma) * ce).mean())
     assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-12)
+
+
+class LabelReads(TorchDispatchMode):
+    """Counts the aten ops a block applies to integer tensors of the labels' number of entries (by name)."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.numel = labels.numel()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(
+            isinstance(a, torch.Tensor) and not a.is_floating_point() and a.numel() == self.numel
+            for a in (*args, *(kwargs or {}).values())
+        ):
+            name = func.overloadpacket.__name__
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+LABEL_PASSES = ("aminmax", "min", "max", "amin", "amax", "ne", "eq", "masked_fill", "where")
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "dice", "tversky", "mcc", "generalized_dice"])
+def test_labels_without_ignored_entries_are_not_read_by_a_pass_of_their_own(name):
+    """cross_entropy's NLL kernel and the overlap losses' one-hot scatter prove the labels: no min/max, no mask."""
+    loss = get_loss(name)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    with LabelReads(labels) as reads:
+        loss(logits, labels, num_items_in_batch=2 if loss.item_unit == "sample" else 128).backward()
+    assert not {op: n for op, n in reads.counts.items() if op in LABEL_PASSES}
+    # and the test sees label reads where there are some: a loss that still takes the min/max pass
+    with LabelReads(labels) as reads:
+        get_loss("bce")(logits, (labels[:, None] == 0).expand_as(logits).float(), num_items_in_batch=384)
+        get_loss("lovasz_softmax")(logits, labels)
+    assert reads.counts.get("aminmax", 0) >= 1
+
+
+@pytest.mark.parametrize("name", ["dice", "tversky", "mcc", "generalized_dice"])
+@pytest.mark.parametrize("ignore_index", [-100, 255])
+def test_overlap_losses_with_ignored_labels_equal_the_masked_path_and_then_mask(name, ignore_index):
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 4, 6, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 6, 6), generator=generator)
+    labels[0, :2] = ignore_index
+    labels[2] = ignore_index  # an image with no labelled pixel
+    optimistic = get_loss(name, ignore_index=ignore_index)
+    masked = get_loss(name, ignore_index=ignore_index)
+    masked._seen_ignored = True  # straight to the min/max + mask path
+    first, second = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    value = optimistic(first, labels)
+    reference = masked(second, labels)
+    value.backward(), reference.backward()
+    assert torch.equal(value, reference) and torch.equal(first.grad, second.grad)
+    assert optimistic._seen_ignored  # its data has ignored labels: it masks from now on
+    clean = torch.randint(0, 4, (3, 6, 6), generator=generator)
+    assert torch.equal(optimistic(logits, clean), get_loss(name, ignore_index=ignore_index)(logits, clean))
+
+
+def test_an_ignore_index_that_is_a_class_is_masked_not_scattered():
+    """ignore_index=0 is a valid class for scatter: those losses must mask it (the min/max path)."""
+    logits = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 5, 5))
+    value = get_loss("dice", ignore_index=0)(logits, labels)
+    keep = labels != 0
+    probs = logits.softmax(1) * keep.unsqueeze(1)
+    onehot = F.one_hot(labels, 3).movedim(-1, 1).double() * keep.unsqueeze(1)
+    tp, p, g = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))
+    expected = (1 - (2 * tp + 1e-5) / (p + g + 1e-5)).mean()  # every class present in every image here
+    assert (keep.sum((1, 2)) > 0).all() and torch.allclose(value, expected, rtol=1e-10)
