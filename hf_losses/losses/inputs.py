@@ -8,9 +8,10 @@ device-side assert that prints the message, as ``F.cross_entropy`` does with its
 exception before any device work, check the labels on the data side while they are still on the CPU
 (:func:`check_in_range` takes CPU labels).
 
-The CPU reads the labels once per call: the range check's min/max is remembered for the ignore-index test
-(:func:`value_bounds`), and losses whose kernels bound-check every label themselves (``F.cross_entropy``,
-``scatter_``, indexing; ``LogitsLoss.kernel_checks_labels``) skip the pass and re-check only when a kernel fails.
+The CPU reads the labels at most once per call: the range check's min/max is remembered, within the call
+(:class:`label_pass`), for the ignore-index test (:func:`value_bounds`); losses whose kernels bound-check every
+label themselves (``F.cross_entropy``, ``scatter_``, indexing: ``LogitsLoss.kernel_checks_labels``, the overlap
+losses' one-hot) skip the pass and check only when a kernel refuses a label.
 """
 
 from __future__ import annotations
