@@ -8,6 +8,7 @@ cutmix, a teacher's distribution): then one item per row ``(n, d1, ...)``, since
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hf_losses.compat import autocast_dtype
 from hf_losses.constants import IGNORE_INDEX
-from hf_losses.losses.base import LocalCount, LogitsLoss, Normalize, Reduction
+from hf_losses.losses.base import LocalCount, LogitsLoss, Normalize, NumItems, Reduction, reduce_by_items
 from hf_losses.losses.checks import as_vector, check_choice, check_num_classes, check_number
 from hf_losses.losses.class_weights import effective_number_weights
 from hf_losses.losses.ignored import count_valid
@@ -106,6 +108,38 @@ class ClassLabelsLoss(LogitsLoss):
             return labels.numel() // labels.shape[1]
         return count_valid(labels, self.ignore_index)
 
+    def forward(
+        self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems = None, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        if sample_weight is None and self._direct_call(logits, labels):
+            loss = self._direct_loss(logits, labels, num_items_in_batch)
+            if loss is not None:
+                return loss
+        return super().forward(logits, labels, num_items_in_batch, sample_weight)
+
+    def _direct_call(self, logits: Tensor, labels: Tensor) -> bool:
+        """Whether this call can skip the checks and the generic reduction (:meth:`_direct_loss`): class indices
+        (int64) and float32/float64 logits ``(N, C >= 2, ...)`` on the CPU, where torch's kernels bound-check
+        every label and reading a value back is free; the mean by count; no autocast; not traced by dynamo."""
+        return (
+            self.reduction == "mean"
+            and self.normalize == "count"
+            and type(logits) is Tensor
+            and type(labels) is Tensor
+            and labels.dtype == torch.int64
+            and (logits.dtype == torch.float32 or logits.dtype == torch.float64)
+            and logits.device.type == "cpu"
+            and logits.dim() >= 2
+            and logits.shape[1] >= 2
+            and autocast_dtype("cpu") is None
+            and not torch.compiler.is_compiling()
+        )
+
+    def _direct_loss(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems) -> Tensor | None:
+        """The loss straight from torch's kernels, or None where the checked path must decide (whatever a kernel
+        refuses -- a shape, a label out of range -- is then named by the checks). None by default."""
+        return None
+
 
 # ------------------------------------------------------------------------------------------------ cross-entropy
 def per_item_cross_entropy(
@@ -177,6 +211,33 @@ class CrossEntropyLoss(ClassLabelsLoss):
         super().__init__(ignore_index, reduction=reduction, normalize=normalize)
         self.label_smoothing = check_number(self._label(), "label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
         self.register_buffer("weight", None if weight is None else as_vector(self._label(), "weight", weight))
+
+    def _direct_loss(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems) -> Tensor | None:
+        """The loss from one ``F.cross_entropy`` call, no Python between its kernels; None where the checked path
+        must decide: whatever the kernel refuses (a shape, a label out of range: the checked path names it) and a
+        NaN mean (0/0 when no label counts -- the contract's 0 -- or NaN logits, which it tells apart).
+
+        Without ``num_items_in_batch`` torch's own mean over the non-ignored labels is the contract's local-count
+        mean; with it, torch's sum divided by the count, as the checked path computes it.
+        """
+        if self.weight is not None:  # torch's mean would divide by the class weights' sum
+            return None
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        try:
+            loss = F.cross_entropy(
+                logits,
+                labels,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+                reduction=reduction,
+            )
+        except (IndexError, RuntimeError, ValueError):
+            return None
+        if num_items_in_batch is None:
+            return None if math.isnan(loss.item()) else loss
+        return reduce_by_items(
+            loss, lambda: count_valid(labels, self.ignore_index), num_items_in_batch, self.item_unit, self._label()
+        )
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         super().check_inputs(logits, labels)
@@ -347,6 +408,19 @@ class FocalLoss(ClassLabelsLoss):
         super().check_inputs(logits, labels)
         if self.alpha is not None and self.alpha.dim() == 1:
             check_num_classes(self._label(), "alpha", self.alpha, logits.shape[1])
+
+    def _direct_loss(self, logits: Tensor, labels: Tensor, num_items_in_batch: NumItems) -> Tensor | None:
+        """Without alpha or label smoothing: the per-entry focal terms (``F.cross_entropy`` and the modulation),
+        their sum and the division, without the generic path's checks and Python in between."""
+        if self.alpha is not None or self.label_smoothing:
+            return None
+        try:
+            total = per_item_focal(logits, labels, self.gamma, None, self.ignore_index).sum()
+        except (IndexError, RuntimeError, ValueError):
+            return None
+        return reduce_by_items(
+            total, lambda: count_valid(labels, self.ignore_index), num_items_in_batch, self.item_unit, self._label()
+        )
 
     def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
         alpha = expand_alpha(self.alpha, logits.shape[1])

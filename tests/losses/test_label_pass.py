@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_losses import get_loss
+from hf_losses.losses.base import LogitsLoss
 from hf_losses.losses.classification import FocalTerm, summed_nll
 from hf_losses.losses.inputs import label_pass, value_bounds
 
@@ -225,3 +226,115 @@ def test_an_ignore_index_that_is_a_class_is_masked_not_scattered():
     tp, p, g = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))
     expected = (1 - (2 * tp + 1e-5) / (p + g + 1e-5)).mean()  # every class present in every image here
     assert (keep.sum((1, 2)) > 0).all() and torch.allclose(value, expected, rtol=1e-10)
+
+
+class AtenOps(TorchDispatchMode):
+    """The aten ops a block dispatches, in order (by overload name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (2, 4, 8, 8)], ids=["2d", "4d"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_cross_entropy_on_the_cpu_dispatches_exactly_f_cross_entropys_ops(shape, label_smoothing):
+    """Forward and backward: not one op more than ``F.cross_entropy`` (no check, count or division of ours)."""
+    logits = torch.randn(shape)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:])
+    labels.view(-1)[::5] = -100
+    loss = get_loss("cross_entropy", label_smoothing=label_smoothing)
+    ops = []
+    for fn in (lambda x: loss(x, labels), lambda x: F.cross_entropy(x, labels, label_smoothing=label_smoothing)):
+        with AtenOps() as seen:
+            fn(logits.clone().requires_grad_()).backward()
+        ops.append([op for op in seen.ops if "_local_scalar_dense" not in op])  # ours reads the value back
+    assert ops[0] == ops[1] and len(ops[1]) >= 4
+
+
+def _checked(loss, *args, **kwargs):
+    """The generic checked path (what cross_entropy and focal did before calling torch's kernels directly)."""
+    return LogitsLoss.forward(loss, *args, **kwargs)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("num_items", [None, 7, torch.tensor(11), {"label": torch.tensor(13.0)}], ids=repr)
+@pytest.mark.parametrize("shape", [(9, 5), (2, 5, 3, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_focal_direct_path_equals_the_checked_path_bit_for_bit(gamma, num_items, shape):
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(shape, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=generator)
+    labels.view(-1)[1::4] = -100
+    loss = get_loss("focal", gamma=gamma)
+    first, second = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    value, reference = loss(first, labels, num_items), _checked(loss, second, labels, num_items)
+    value.backward(), reference.backward()
+    assert torch.equal(value, reference) and torch.equal(first.grad, second.grad)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    count = (labels != -100).sum() if num_items is None else num_items
+    count = float(next(iter(count.values())) if isinstance(count, dict) else count)
+    assert torch.allclose(value, ((1 - torch.exp(-ce)) ** gamma * ce).sum() / count, rtol=1e-12)
+    empty = get_loss("focal", gamma=gamma)(logits, torch.full_like(labels, -100))
+    assert empty.item() == 0.0
+
+
+@pytest.mark.parametrize("shape", [(9, 5), (3, 5, 4), (2, 5, 3, 4)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize(
+    "num_items", [None, 7, 7.5, torch.tensor(11), {"label": torch.tensor(13.0)}], ids=lambda v: repr(v)[:16]
+)
+def test_cross_entropy_direct_path_equals_the_checked_path_bit_for_bit(shape, dtype, label_smoothing, num_items):
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(shape, generator=generator, dtype=dtype)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=generator)
+    labels.view(-1)[::3] = -100
+    loss = get_loss("cross_entropy", label_smoothing=label_smoothing)
+    first, second = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    value = loss(first, labels, num_items)
+    reference = _checked(loss, second, labels, num_items)
+    value.backward(), reference.backward()
+    assert value.dtype == dtype
+    if label_smoothing and num_items is None:
+        # torch's smoothed mean averages its two terms separately: equal up to rounding
+        assert torch.allclose(value, reference, rtol=1e-6) and torch.allclose(first.grad, second.grad, atol=1e-8)
+    else:
+        assert torch.equal(value, reference) and torch.equal(first.grad, second.grad)
+    expected = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum") / (
+        (labels != -100).sum()
+        if num_items is None
+        else float(next(iter(num_items.values())) if isinstance(num_items, dict) else num_items)
+    )
+    assert torch.allclose(value, expected.to(dtype), rtol=1e-6)
+
+
+def test_cross_entropy_direct_path_keeps_nan_logits_nan_and_no_label_zero():
+    loss = get_loss("cross_entropy")
+    logits = torch.randn(4, 3)
+    logits[1, 2] = float("nan")
+    assert torch.isnan(loss(logits, torch.tensor([0, 1, 2, 1])))
+    empty = torch.randn(0, 3, requires_grad=True)
+    value = loss(empty, torch.zeros(0, dtype=torch.long))
+    value.backward()
+    assert value.item() == 0.0 and empty.grad.shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "message"),
+    [
+        (torch.randn(4, 3), torch.tensor([0, 1, 2]), r"`labels` shape \(3,\) does not match logits"),
+        (torch.randn(4, 3, 5), torch.zeros(4, 6, dtype=torch.long), r"expected \(4, 5\)"),
+        (torch.randn(4, 1), torch.zeros(4, dtype=torch.long), "C >= 2 classes"),
+        (torch.randn(3), torch.tensor(1), r"batch dimension|\(N, C\)"),
+        (torch.randn(2, 3), torch.tensor([0, 5]), r"must be in \[0, 3\) or ignore_index=-100; found 5\."),
+    ],
+    ids=["batch", "spatial", "one_class", "unbatched", "range"],
+)
+@pytest.mark.parametrize("name", ["cross_entropy", "focal"])
+def test_direct_paths_leave_every_refusal_to_the_checks(logits, labels, message, name):
+    with pytest.raises((ValueError, TypeError), match=message):
+        get_loss(name)(logits, labels)
