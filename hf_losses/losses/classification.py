@@ -89,7 +89,11 @@ def check_probability_targets(owner: str, logits: Tensor, labels: Tensor) -> Non
 
 class ClassLabelsLoss(LogitsLoss):
     """A single-label loss taking class indices ``(N, d1, ...)`` or class probabilities ``(N, C, d1, ...)``; the
-    label kind stays "index" (what the trainer's tasks give), float labels are read as probabilities per call."""
+    label kind stays "index" (what the trainer's tasks give), float labels are read as probabilities per call.
+
+    A subclass may compute the common CPU case straight from torch's kernels (:meth:`_direct_loss`): no Python of
+    ours between them, the checks only when a kernel refuses the inputs.
+    """
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         if isinstance(labels, Tensor) and labels.is_floating_point():
