@@ -230,9 +230,12 @@ class LogitsLoss(LossBase):
     """A loss on logits ``(N, C, d1, ...)`` (or predictions) and labels; subclasses implement :meth:`loss_sum`."""
 
     #: True when every path of :meth:`loss_sum` / :meth:`loss_items` indexes with the class labels through a kernel
-    #: that bounds-checks them on the CPU (``F.cross_entropy``, ``gather``, tensor indexing): the CPU then skips its
-    #: own pass over the labels, and a kernel's failure is re-checked into the usual ``ValueError``
+    #: that bounds-checks them (``F.cross_entropy``, ``gather``, ``scatter_``, tensor indexing): the CPU then skips
+    #: its own pass over the labels, and a kernel's failure is re-checked into the usual ``ValueError``; on CUDA,
+    #: where those kernels stop the run with a device-side assert, the loss's own queued check (which names the
+    #: loss and the allowed range) runs on the first :data:`CUDA_RANGE_CHECKED_CALLS` calls only
     kernel_checks_labels: ClassVar[bool] = False
+    _cuda_calls: int = 0
 
     def loss_sum(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, LocalCount]:
         """Return ``(sum of per-item losses, local item count)``; inputs are float32 and already checked. The count
@@ -246,6 +249,8 @@ class LogitsLoss(LossBase):
         per-item losses, e.g. per token or pixel) multiplies each item's loss."""
         if self.label_kind == "index":
             labels = index_labels(labels)
+        if self.kernel_checks_labels and isinstance(labels, Tensor) and labels.device.type == "cuda":
+            self._cuda_calls += 1
         with label_pass():  # the labels' min/max, where needed, is read once for the whole call
             self.check_inputs(logits, labels)
             if not self._kernel_checks(labels):
@@ -271,13 +276,26 @@ class LogitsLoss(LossBase):
         )
 
     def _kernel_checks(self, labels: Tensor) -> bool:
-        """Whether this call leaves the label range to the loss's kernels (class indices on the CPU)."""
-        return (
+        """Whether this call leaves the label range to the loss's kernels: class indices on the CPU, and on CUDA
+        after the first :data:`CUDA_RANGE_CHECKED_CALLS` calls (other devices: every call is checked, since their
+        kernels may not bound-check, e.g. XLA's gather clamps)."""
+        if not (
             self.kernel_checks_labels
             and isinstance(labels, Tensor)
-            and values_are_free(labels)
             and not (labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex())
-        )
+        ):
+            return False
+        if values_are_free(labels):
+            return True
+        return labels.device.type == "cuda" and self._cuda_calls > CUDA_RANGE_CHECKED_CALLS
+
+
+#: calls of a ``kernel_checks_labels`` loss on CUDA whose label range the loss checks itself (a queued
+#: ``torch._assert_async`` naming the loss and the range, no sync): enough for the usual mistakes (``num_labels``,
+#: an ``ignore_index`` of 255), which show in the first batches. Later calls leave it to the kernels' own
+#: device-side asserts, which still stop the run (with torch's message): the check's five passes over int64 labels
+#: move ~34 bytes per label, against ~120 for cross-entropy's forward and backward on 4 float32 classes.
+CUDA_RANGE_CHECKED_CALLS = 16
 
 
 #: the name third-party losses written against hf-losses 0.1 subclass; new code says :class:`LogitsLoss`

@@ -11,7 +11,9 @@ exception before any device work, check the labels on the data side while they a
 The CPU reads the labels at most once per call: the range check's min/max is remembered, within the call
 (:class:`label_pass`), for the ignore-index test (:func:`value_bounds`); losses whose kernels bound-check every
 label themselves (``F.cross_entropy``, ``scatter_``, indexing: ``LogitsLoss.kernel_checks_labels``, the overlap
-losses' one-hot) skip the pass and check only when a kernel refuses a label.
+losses' one-hot) skip the pass and check only when a kernel refuses a label. On CUDA those losses queue their
+own check on their first ``CUDA_RANGE_CHECKED_CALLS`` calls only, then rely on their kernels' device-side asserts
+(``hf_losses.losses.base``).
 """
 
 from __future__ import annotations

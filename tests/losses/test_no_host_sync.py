@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_losses import describe_loss, get_loss, list_losses
-from hf_losses.losses.base import HiddenStatesLoss
+from hf_losses.losses.base import CUDA_RANGE_CHECKED_CALLS, HiddenStatesLoss
 from hf_losses.losses.linear_cross_entropy import linear_cross_entropy
 
 SIMULATED = torch.device("cuda", 0)
@@ -429,6 +429,34 @@ def test_bad_labels_are_a_device_assert_naming_the_loss(monkeypatch, name, first
     loss = get_loss(name)
     with simulated_device(monkeypatch), pytest.raises(RuntimeError, match=f"loss '{name}': {message}"):
         loss(first, second)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal"])
+def test_on_cuda_kernel_checked_losses_queue_their_range_check_on_the_first_calls_only(monkeypatch, name):
+    """After ``CUDA_RANGE_CHECKED_CALLS`` calls the kernels' own device asserts guard the range (their passes over
+    the labels cost a quarter of cross-entropy's memory traffic); dice, whose kernels are not trusted, checks on
+    every call."""
+    queued: list[str] = []
+    real_assert = torch._assert_async
+    monkeypatch.setattr(torch, "_assert_async", lambda ok, message="": (queued.append(message), real_assert(ok))[1])
+    logits, labels = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    loss, dice = get_loss(name), get_loss("dice")
+    per_call, dice_per_call = [], []
+    with simulated_device(monkeypatch):
+        for _ in range(CUDA_RANGE_CHECKED_CALLS + 4):
+            before = len(queued)
+            backward(loss(logits.clone().requires_grad_(), labels, num_items_in_batch=32))
+            per_call.append(len(queued) - before)
+            before = len(queued)
+            dice(logits, labels)
+            dice_per_call.append(len(queued) - before)
+        bad = labels.clone()
+        bad[1, 2, 3] = 7
+        with pytest.raises(RuntimeError):  # simulated: the CPU kernel refuses (CUDA: its device-side assert)
+            loss(logits, bad)
+    assert per_call == [1] * CUDA_RANGE_CHECKED_CALLS + [0] * 4
+    assert all(n >= 1 for n in dice_per_call)
+    assert all("`labels` must be in [0, 3)" in m for m in queued)
 
 
 def test_causal_lm_token_ids_out_of_range_are_a_device_assert(monkeypatch):
