@@ -144,6 +144,12 @@ class ClassLabelsLoss(LogitsLoss):
         refuses -- a shape, a label out of range -- is then named by the checks). None by default."""
         return None
 
+    def _direct_mean(self, total: Tensor, labels: Tensor, num_items_in_batch: NumItems) -> Tensor:
+        """A direct path's sum divided by the step's count, or by this call's (counted only when needed)."""
+        return reduce_by_items(
+            total, lambda: self.item_count(labels), num_items_in_batch, self.item_unit, self._label()
+        )
+
 
 # ------------------------------------------------------------------------------------------------ cross-entropy
 def per_item_cross_entropy(
@@ -239,9 +245,7 @@ class CrossEntropyLoss(ClassLabelsLoss):
             return None
         if num_items_in_batch is None:
             return None if math.isnan(loss.item()) else loss
-        return reduce_by_items(
-            loss, lambda: count_valid(labels, self.ignore_index), num_items_in_batch, self.item_unit, self._label()
-        )
+        return self._direct_mean(loss, labels, num_items_in_batch)
 
     def check_inputs(self, logits: Tensor, labels: Tensor) -> None:
         super().check_inputs(logits, labels)
@@ -422,9 +426,7 @@ class FocalLoss(ClassLabelsLoss):
             total = per_item_focal(logits, labels, self.gamma, None, self.ignore_index).sum()
         except (IndexError, RuntimeError, ValueError):
             return None
-        return reduce_by_items(
-            total, lambda: count_valid(labels, self.ignore_index), num_items_in_batch, self.item_unit, self._label()
-        )
+        return self._direct_mean(total, labels, num_items_in_batch)
 
     def loss_items(self, logits: Tensor, labels: Tensor) -> Tensor:
         alpha = expand_alpha(self.alpha, logits.shape[1])
